@@ -1,0 +1,76 @@
+"""cpflow's domain metrics (prefix ``cpflow_``), on a service's own Prometheus registry.
+
+Labels are bounded: calibration type, test name, outcome, instrument, image type, stage,
+topic. Never a run id or an exposure id: those go into logs and events.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+__all__ = ["STAGE_BUCKETS", "Metrics"]
+
+# Calibration steps take from seconds to an hour.
+STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
+
+
+class Metrics:
+    """The ``cpflow_`` metrics, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.frames_acquired = Counter(
+            "cpflow_frames_acquired",
+            "Raw frames taken and ingested, per detector.",
+            ["instrument", "image_type"],
+            registry=registry,
+        )
+        self.verification_tests = Counter(
+            "cpflow_verification_tests",
+            "Verification test outcomes (one per exposure, detector, amplifier and test).",
+            ["calib_type", "test", "outcome"],
+            registry=registry,
+        )
+        self.verification_decisions = Counter(
+            "cpflow_verification_decisions",
+            "Verification decisions per calibration type.",
+            ["calib_type", "verdict"],
+            registry=registry,
+        )
+        self.certifications = Counter(
+            "cpflow_certifications",
+            "Certification attempts per calibration type and outcome.",
+            ["calib_type", "outcome"],
+            registry=registry,
+        )
+        self.stage_duration = Histogram(
+            "cpflow_stage_duration_seconds",
+            "Wall-clock duration of a stage for one calibration type.",
+            ["stage", "calib_type"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.runs_finished = Counter(
+            "cpflow_runs_finished",
+            "Runs that reached a final state.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "cpflow_dead_letters",
+            "Messages sent to the dead-letter topic, by the topic they came from.",
+            ["topic"],
+            registry=registry,
+        )
+        self.transient_retries = Counter(
+            "cpflow_transient_retries",
+            "Retries of a step after a transient error (butler database, broker, camera).",
+            ["stage"],
+            registry=registry,
+        )
+        self.stage_failures = Counter(
+            "cpflow_stage_failures",
+            "Stage failures reported as events (after retries).",
+            ["stage", "calib_type"],
+            registry=registry,
+        )
