@@ -1,0 +1,184 @@
+"""Create and open cpflow's butler repository; collection naming."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from lsst.daf.butler import Butler, Config
+
+from shared.instruments import get_instrument, instrument_names
+
+from .datasets import register_dataset_types
+from .instruments import register_instrument
+from .retry import retry_transient
+
+__all__ = [
+    "SEED_CONFIG",
+    "calib_chain",
+    "create_repository",
+    "open_butler",
+    "raw_collection",
+    "run_collection",
+    "seed_config",
+]
+
+_LOG = logging.getLogger(__name__)
+
+SEED_CONFIG = Path(__file__).parent / "config" / "seed.yaml"
+"""Seed configuration for `lsst.daf.butler.Butler.makeRepo` (storage classes and formatters)."""
+
+
+def seed_config(registry_db: str | None = None) -> Config:
+    """Load the seed configuration, optionally with a registry database URL.
+
+    Parameters
+    ----------
+    registry_db : `str`, optional
+        SQLAlchemy URL of the registry (e.g. ``postgresql://user@host/db``); the default is a
+        SQLite file ``gen3.sqlite3`` in the repository root.
+
+    Returns
+    -------
+    config : `lsst.daf.butler.Config`
+        The configuration to pass to ``Butler.makeRepo``.
+    """
+    config = Config(str(SEED_CONFIG))
+    if registry_db:
+        config["registry", "db"] = registry_db
+    return config
+
+
+def create_repository(root: str | Path, *, registry_db: str | None = None) -> Path:
+    """Create the butler repository if needed and sync instruments and dataset types.
+
+    Safe to call again on an existing repository (and by several processes at once): it then only
+    re-syncs the instruments of `shared.instruments.instrument_names` and the dataset types.
+
+    Parameters
+    ----------
+    root : `str` or `pathlib.Path`
+        Repository root directory.
+    registry_db : `str`, optional
+        Registry database URL; `None` selects SQLite at ``root/gen3.sqlite3``. A ``postgresql://``
+        URL selects PostgreSQL (the database needs the ``btree_gist`` extension).
+
+    Returns
+    -------
+    root : `pathlib.Path`
+        The directory holding ``butler.yaml``.
+    """
+    root = Path(root).absolute()
+    created_elsewhere = False
+    if not (root / "butler.yaml").exists():
+        try:
+            Butler.makeRepo(str(root), config=seed_config(registry_db))
+            _LOG.info("created butler repository at %s", root)
+        except FileExistsError:
+            _LOG.info("butler repository at %s is being created by another process", root)
+            created_elsewhere = True
+    butler = _open_when_ready(root) if created_elsewhere else open_butler(root, writeable=True)
+    try:
+        for name in instrument_names():
+            retry_transient(register_instrument, butler, get_instrument(name))
+        retry_transient(register_dataset_types, butler)
+    finally:
+        butler.close()
+    return root
+
+
+def _open_when_ready(root: Path, timeout: float = 60.0) -> Butler:
+    """Open a repository whose registry another process may still be creating."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return open_butler(root, writeable=True)
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise
+            _LOG.debug("repository %s not ready yet: %s", root, exc)
+            time.sleep(0.5)
+
+
+def open_butler(
+    root: str | Path,
+    *,
+    writeable: bool = True,
+    run: str | None = None,
+    collections: str | Iterable[str] | None = None,
+) -> Butler:
+    """Open the repository at ``root``.
+
+    Parameters
+    ----------
+    root : `str` or `pathlib.Path`
+        Repository root (or path of its ``butler.yaml``).
+    writeable : `bool`, optional
+        Open for writing.
+    run : `str`, optional
+        Default RUN collection for ``put``; also the default search collection if ``collections``
+        is not given.
+    collections : `str` or iterable of `str`, optional
+        Default search collections.
+
+    Returns
+    -------
+    butler : `lsst.daf.butler.Butler`
+        The butler; close it (or use it as a context manager) when done.
+    """
+    return Butler.from_config(str(root), writeable=writeable, run=run, collections=collections)
+
+
+def run_collection(instrument: str, run_id: str, calib_type: str | None = None) -> str:
+    """Name of a run's RUN collection: ``<INSTR>/runs/<run_id>[/<calib_type>]``.
+
+    Parameters
+    ----------
+    instrument : `str`
+        Instrument name.
+    run_id : `str`
+        cpflow run identifier.
+    calib_type : `str`, optional
+        Calibration type for a per-type sub-collection.
+
+    Returns
+    -------
+    name : `str`
+        The collection name.
+    """
+    name = f"{instrument}/runs/{run_id}"
+    return f"{name}/{calib_type}" if calib_type else name
+
+
+def raw_collection(instrument: str) -> str:
+    """Name of the RUN collection holding an instrument's raws: ``<INSTR>/raw/all``.
+
+    Parameters
+    ----------
+    instrument : `str`
+        Instrument name.
+
+    Returns
+    -------
+    name : `str`
+        The collection name.
+    """
+    return f"{instrument}/raw/all"
+
+
+def calib_chain(instrument: str) -> str:
+    """Name of the CHAINED collection of certified calibrations: ``<INSTR>/calib``.
+
+    Parameters
+    ----------
+    instrument : `str`
+        Instrument name.
+
+    Returns
+    -------
+    name : `str`
+        The collection name.
+    """
+    return f"{instrument}/calib"
