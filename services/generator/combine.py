@@ -1,0 +1,283 @@
+"""Per-pixel clipped-mean combination of calibration inputs, strip by strip.
+
+This is cp_pipe's ``CalibCombineTask`` with ``combine="MEANCLIP"`` (cp_algorithms.md §2.2): each
+input is divided by its scale, inputs flagged in ``reject_mask`` or non-finite are dropped, and
+each pixel is the afw-style clipped mean (first pass about the median with sigma = 0.7413·IQR, later
+passes about the mean with the sample stdev) of the remaining inputs.
+
+Memory is bounded by processing ``rows_per_strip`` full-width rows at a time: only one float32
+stack of ``N x rows_per_strip x columns`` exists at once. Inputs are *strip readers*: callables
+that return the image (and optionally mask and variance) of a row slice, so a later version can
+read strips lazily from FITS files; in-memory `CalibImage` inputs are wrapped automatically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from astropy.io import fits
+
+from shared.images import CalibImage, MaskPlane
+from shared.stats import IQ_TO_STDEV, nanquantile_sorted
+
+__all__ = [
+    "CombineResult",
+    "StripReader",
+    "combine_clipped_mean",
+    "provenance_header",
+    "qa_percentiles",
+]
+
+StripReader = Callable[[slice], tuple[np.ndarray, ...]]
+"""``reader(rows) -> (image, mask | None[, variance])`` for the full-width rows ``rows``."""
+
+_DEFAULT_REJECT = int(MaskPlane.SAT | MaskPlane.DETECTED | MaskPlane.INTRP)
+QA_PERCENTILES = (0, 5, 16, 50, 84, 95, 100)
+
+
+@dataclass
+class CombineResult:
+    """Output of `combine_clipped_mean`.
+
+    Attributes
+    ----------
+    image : `shared.images.CalibImage`
+        The combined image (empty header; the caller adds provenance), with only the BAD mask
+        plane set.
+    n_good : `numpy.ndarray`
+        int16 per pixel: number of inputs kept by the last clipping pass.
+    n_inputs : `int`
+        Number of inputs.
+    """
+
+    image: CalibImage
+    n_good: np.ndarray
+    n_inputs: int
+
+
+def _calib_reader(calib: CalibImage) -> StripReader:
+    def read(rows: slice) -> tuple[np.ndarray, ...]:
+        return calib.image[rows], calib.mask[rows], calib.variance[rows]
+
+    return read
+
+
+def _unpack(strip: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    if len(strip) == 2:
+        return strip[0], strip[1], None
+    if len(strip) == 3:
+        return strip[0], strip[1], strip[2]
+    raise ValueError(f"a strip reader must return 2 or 3 arrays, got {len(strip)}")
+
+
+def _clipped_mean_stack(
+    stack: np.ndarray, n_sigma: float, n_iter: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel afw clipped mean along axis 0 of ``stack`` (NaN = rejected input).
+
+    Returns ``(mean, variance, n_kept)`` with ``variance`` the sample variance (ddof=1) of the
+    kept values, NaN where fewer than two are kept, and ``mean`` NaN where none is good.
+    """
+    good = np.isfinite(stack)
+    n_good = good.sum(axis=0)
+    ordered = np.sort(stack, axis=0)
+    median = nanquantile_sorted(ordered, n_good, 0.5, axis=0)
+    iqr = nanquantile_sorted(ordered, n_good, 0.75, axis=0) - nanquantile_sorted(
+        ordered, n_good, 0.25, axis=0
+    )
+    del ordered
+    center = median
+    half_width = n_sigma * IQ_TO_STDEV * iqr
+    # Rejected inputs hold 0 so that products with the keep mask stay finite.
+    values = np.where(good, stack, np.float32(0.0))
+    work = np.empty_like(values)
+    keep = np.empty(values.shape, dtype=bool)
+    mean = np.full(n_good.shape, np.nan)
+    variance = np.full(n_good.shape, np.nan)
+    n_kept = np.zeros(n_good.shape, dtype=np.intp)
+    for _ in range(n_iter):
+        with np.errstate(invalid="ignore"):
+            np.subtract(values, center.astype(np.float32), out=work)
+            np.abs(work, out=work)
+            np.less_equal(work, half_width.astype(np.float32), out=keep)
+        keep &= good
+        n = np.count_nonzero(keep, axis=0)
+        np.multiply(values, keep, out=work)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            new_mean = work.sum(axis=0, dtype=np.float64) / n
+            np.subtract(values, new_mean.astype(np.float32), out=work)
+            work *= keep
+            np.square(work, out=work)
+            new_variance = work.sum(axis=0, dtype=np.float64) / (n - 1)
+        new_variance = np.where(n >= 2, new_variance, np.nan)
+        # Where the limits collapsed onto no value, keep the previous pass (as `clipped_stats`).
+        update = n > 0
+        mean = np.where(update, new_mean, mean)
+        variance = np.where(update, new_variance, variance)
+        n_kept = np.where(update, n, n_kept)
+        center = mean
+        half_width = n_sigma * np.sqrt(np.where(np.isfinite(variance), variance, 0.0))
+    return mean, variance, n_kept
+
+
+def combine_clipped_mean(
+    inputs: Sequence[StripReader] | Sequence[CalibImage],
+    *,
+    scales: Sequence[float] | None = None,
+    n_sigma: float = 3.0,
+    n_iter: int = 3,
+    rows_per_strip: int = 200,
+    reject_mask: int = _DEFAULT_REJECT,
+    shape: tuple[int, int] | None = None,
+) -> CombineResult:
+    """Combine images with a per-pixel afw-style clipped mean.
+
+    Parameters
+    ----------
+    inputs : `~collections.abc.Sequence` of `shared.images.CalibImage` or strip readers
+        The images to combine, all of one shape. A strip reader is called with a row slice and
+        returns ``(image, mask_or_None)`` or ``(image, mask_or_None, variance)`` for those rows.
+    scales : `~collections.abc.Sequence` [`float`], optional
+        Each input is divided by its scale (variance by its square); default 1.
+    n_sigma, n_iter : `float`, `int`
+        Clipping half-width and number of passes (cp_pipe: 3sigma, 3 passes).
+    rows_per_strip : `int`
+        Number of full-width rows stacked at once.
+    reject_mask : `int`
+        Inputs whose mask has any of these bits at a pixel are dropped there.
+    shape : `tuple` [`int`, `int`], optional
+        Image shape; required when ``inputs`` are strip readers.
+
+    Returns
+    -------
+    result : `CombineResult`
+        Image = clipped mean; variance = clipped variance / n_kept (n_kept ≥ 2), else the
+        scaled input variance (the median output variance if a reader gives none). Pixels with
+        no good input, or a non-finite result, are flagged BAD and set to the median of the good
+        pixels.
+    """
+    n_inputs = len(inputs)
+    if n_inputs == 0:
+        raise ValueError("nothing to combine")
+    if rows_per_strip < 1:
+        raise ValueError(f"rows_per_strip must be positive, got {rows_per_strip}")
+    readers: list[StripReader] = []
+    shapes = set()
+    for item in inputs:
+        if isinstance(item, CalibImage):
+            readers.append(_calib_reader(item))
+            shapes.add(item.image.shape)
+        else:
+            readers.append(item)
+    if shape is not None:
+        shapes.add(tuple(shape))
+    if len(shapes) != 1:
+        raise ValueError(f"inputs must share one shape (pass shape= for strip readers), got {sorted(shapes)}")
+    rows, cols = shapes.pop()
+    scale_values = np.ones(n_inputs) if scales is None else np.asarray(scales, dtype=np.float64)
+    if scale_values.shape != (n_inputs,):
+        raise ValueError(f"{len(scale_values)} scales for {n_inputs} inputs")
+    if not (np.all(np.isfinite(scale_values)) and np.all(scale_values != 0)):
+        raise ValueError(f"scales must be finite and non-zero, got {scale_values.tolist()}")
+
+    image = np.empty((rows, cols), dtype=np.float32)
+    variance = np.empty((rows, cols), dtype=np.float32)
+    n_good = np.empty((rows, cols), dtype=np.int16)
+    single_variance_missing = np.zeros((rows, cols), dtype=bool)
+    for r0 in range(0, rows, rows_per_strip):
+        strip = slice(r0, min(r0 + rows_per_strip, rows))
+        n_rows = strip.stop - strip.start
+        stack = np.empty((n_inputs, n_rows, cols), dtype=np.float32)
+        variances: list[np.ndarray | None] = []
+        for i, read in enumerate(readers):
+            data, mask, var = _unpack(read(strip))
+            if data.shape != (n_rows, cols):
+                raise ValueError(
+                    f"input {i}: strip {strip} has shape {data.shape}, expected {(n_rows, cols)}"
+                )
+            np.divide(data, scale_values[i], out=stack[i], casting="unsafe")
+            if mask is not None:
+                stack[i][(mask & reject_mask) != 0] = np.nan
+            variances.append(None if var is None else var / scale_values[i] ** 2)
+        mean, clipped_var, n_kept = _clipped_mean_stack(stack, n_sigma, n_iter)
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out_var = clipped_var / n_kept
+        single = n_kept == 1
+        if single.any():
+            # The one kept input is the one whose value equals the mean: take its variance.
+            source = np.argmax(np.isfinite(stack) & (stack == mean.astype(np.float32)), axis=0)
+            filled = np.zeros(single.shape, dtype=bool)
+            for i, var in enumerate(variances):
+                here = single & (source == i)
+                if var is not None:
+                    out_var[here] = var[here]
+                    filled |= here
+            single_variance_missing[strip] = single & ~filled
+        del stack
+        image[strip] = mean
+        variance[strip] = out_var
+        n_good[strip] = n_kept
+
+    bad = (n_good == 0) | ~np.isfinite(image)
+    mask = np.where(bad, np.int32(MaskPlane.BAD), np.int32(0)).astype(np.int32)
+    if bad.all():
+        raise ValueError("no pixel has a good input")
+    image[bad] = np.median(image[~bad])
+    fill_variance = single_variance_missing | ~np.isfinite(variance)
+    usable = ~fill_variance & ~bad
+    variance[fill_variance | bad] = np.median(variance[usable]) if usable.any() else np.nan
+    mask[~np.isfinite(variance)] |= MaskPlane.BAD
+    return CombineResult(
+        image=CalibImage(image=image, mask=mask, variance=variance),
+        n_good=n_good,
+        n_inputs=n_inputs,
+    )
+
+
+def provenance_header(inputs: Sequence[Mapping], calib_type: str, n_combined: int) -> fits.Header:
+    """Provenance cards of a combined calibration.
+
+    Parameters
+    ----------
+    inputs : `~collections.abc.Sequence` of `~collections.abc.Mapping`
+        One mapping per input with keys ``exposure``, ``date``, ``exposure_time`` and ``scale``.
+    calib_type : `str`
+        ``bias``, ``dark``, ``flat``, ... (written upper-case as OBSTYPE).
+    n_combined : `int`
+        Number of inputs combined.
+    """
+    header = fits.Header()
+    header["OBSTYPE"] = (calib_type.upper(), "calibration type")
+    header["NCOMBINE"] = (int(n_combined), "number of inputs combined")
+    header["HIERARCH CALIB_CREATION_DATETIME"] = datetime.now(UTC).isoformat(timespec="seconds")
+    for i, item in enumerate(inputs):
+        header[f"HIERARCH CPP_INPUT_{i}"] = int(item["exposure"])
+        header[f"HIERARCH CPP_INPUT_DATE_{i}"] = str(item["date"])
+        header[f"HIERARCH CPP_INPUT_EXPT_{i}"] = float(item["exposure_time"])
+        header[f"HIERARCH CPP_INPUT_SCALE_{i}"] = float(item["scale"])
+    return header
+
+
+def qa_percentiles(
+    image: CalibImage, amp_boxes: Mapping[str, tuple[slice, slice]], calib_type: str
+) -> dict[str, float]:
+    """Per-amplifier distribution percentiles and BAD pixel counts of a combined calibration.
+
+    Keys are ``LSST CALIB {TYPE} {amp} DISTRIBUTION {p}-PCT`` for p in 0, 5, 16, 50, 84, 95, 100
+    (over the pixels not flagged BAD, NaN if none) and ``LSST CALIB {TYPE} {amp} BADPIX-NUM``.
+    """
+    kind = calib_type.upper()
+    result: dict[str, float] = {}
+    for amp, box in amp_boxes.items():
+        pixels = image.image[box]
+        bad = ((image.mask[box] & MaskPlane.BAD) != 0) | ~np.isfinite(pixels)
+        values = pixels[~bad].astype(np.float64)
+        levels = np.percentile(values, QA_PERCENTILES) if values.size else [np.nan] * len(QA_PERCENTILES)
+        for p, level in zip(QA_PERCENTILES, levels, strict=True):
+            result[f"LSST CALIB {kind} {amp} DISTRIBUTION {p}-PCT"] = float(level)
+        result[f"LSST CALIB {kind} {amp} BADPIX-NUM"] = float(bad.sum())
+    return result
