@@ -1,0 +1,351 @@
+"""Tests of the simulated camera: files, headers, sequence numbers and the injected physics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.time import Time
+
+from services.acquirer.camera import CameraDriver, CameraError, ExposureRequest
+from services.acquirer.simulated_camera import READOUT_OVERHEAD_S, SimulatedCamera, assemble
+from shared.images import RawDetectorImage
+from shared.instruments import Detector, get_instrument
+
+ROWS, COLS = 40, 30
+NOW = datetime(2026, 11, 28, 3, 15, 0, tzinfo=UTC)  # day_obs 20261127
+
+
+def fixed_clock() -> datetime:
+    return NOW
+
+
+def make_camera(
+    tmp_path: Path,
+    *,
+    name: str = "LATISS",
+    seed: int = 0,
+    shape: tuple[int, int] = (ROWS, COLS),
+    out: str = "raw",
+    state: str = "state",
+    **kwargs: object,
+) -> SimulatedCamera:
+    return SimulatedCamera(
+        get_instrument(name),
+        tmp_path / out,
+        seed=seed,
+        amp_data_shape=shape,
+        state_dir=tmp_path / state,
+        clock=fixed_clock,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def bias_request() -> ExposureRequest:
+    return ExposureRequest(image_type="BIAS", exposure_time=0.0, group_id="g1")
+
+
+def read_raw(path: Path) -> RawDetectorImage:
+    with fits.open(path) as hdul:
+        return RawDetectorImage.from_hdulist(hdul)
+
+
+def overscan_corrected(raw: RawDetectorImage, det: Detector) -> dict[str, np.ndarray]:
+    """Data section minus the per-row median of the serial overscan, ADU (readout order)."""
+    out = {}
+    for amp in det.amplifiers:
+        arr = raw.amplifiers[amp.name].astype(np.float64)
+        overscan = np.median(arr[amp.serial_overscan_slice], axis=1)
+        out[amp.name] = arr[amp.data_slice] - overscan[:, None]
+    return out
+
+
+def unassemble(det: Detector, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Inverse of `assemble`: detector-orientation image → per-amp readout-order data."""
+    out = {}
+    for amp in det.amplifiers:
+        data = image[amp.detector_slice]
+        if amp.flip_x:
+            data = data[:, ::-1]
+        if amp.flip_y:
+            data = data[::-1, :]
+        out[amp.name] = data
+    return out
+
+
+async def test_bias_file_layout_and_headers(tmp_path: Path) -> None:
+    cam = make_camera(tmp_path)
+    assert isinstance(cam, CameraDriver)
+    await cam.setup_instrument("SDSSr_65mm~empty")
+    req = ExposureRequest("BIAS", 0.0, "grp", program="CALIB", reason=None, note="hello")
+    frames = await cam.take_image(req, [0])
+    assert len(frames) == 1
+    frame = frames[0]
+    assert frame.path == tmp_path / "raw" / f"{frame.obs_id}_det000.fits"
+    assert frame.path.exists()
+    assert frame.obs_id == "AT_O_20261127_000001"
+    assert frame.exposure_id == 2026112700001
+
+    with fits.open(frame.path) as hdul:
+        assert len(hdul) == 17
+        names = [h.header["EXTNAME"] for h in hdul[1:]]
+        assert sorted(names) == sorted(a.name for a in get_instrument("LATISS").detector(0).amplifiers)
+        for hdu in hdul[1:]:
+            assert hdu.data.shape == (ROWS + 48, 3 + COLS + 64)
+            assert hdu.data.dtype.kind == "i"
+        c10 = hdul["C10"].header
+        assert c10["DATASEC"] == f"[4:{3 + COLS},1:{ROWS}]"
+        assert c10["BIASSEC"] == f"[{4 + COLS}:{3 + COLS + 64},1:{ROWS}]"
+        assert c10["DETSEC"] == f"[1:{COLS},1:{ROWS}]"
+        assert hdul["C00"].header["DETSEC"] == f"[{8 * COLS}:{7 * COLS + 1},{2 * ROWS}:{ROWS + 1}]"
+        h = hdul[0].header
+    assert h["IMGTYPE"] == "BIAS"
+    assert h["INSTRUME"] == "LATISS"
+    assert h["CAMCODE"] == "AT"
+    assert h["CONTRLLR"] == "O"
+    assert h["DAYOBS"] == 20261127
+    assert h["SEQNUM"] == 1
+    assert h["EXPID"] == h["DAYOBS"] * 100000 + h["SEQNUM"]
+    assert h["OBSID"] == f"AT_O_{h['DAYOBS']}_{h['SEQNUM']:06d}"
+    assert h["GROUPID"] == "grp"
+    assert h["EXPTIME"] == 0.0
+    assert h["DARKTIME"] == pytest.approx(READOUT_OVERHEAD_S)
+    assert h["FILTER"] == "SDSSr_65mm~empty"
+    assert (h["PROGRAM"], h["REASON"], h["NOTE"]) == ("CALIB", "", "hello")
+    assert h["DETECTOR"] == 0
+    assert h["DETNAME"] == "RXX_S00"
+    assert h["DETSER"] == "ITL-3800C-068"
+    assert (h["RAFTBAY"], h["CCDSLOT"]) == ("RXX", "S00")
+    assert h["SIMULATE"] is True
+    assert h["SIMSEED"] == 0
+    assert h["TIMESYS"] == "TAI"
+    # DATE-BEG is the clock time in TAI (37 s ahead of UTC in 2026).
+    beg = Time(h["DATE-BEG"], scale="tai")
+    assert (beg - Time(NOW.replace(tzinfo=None), scale="utc")).sec == pytest.approx(0.0, abs=1e-3)
+    assert (beg.utc.datetime - NOW.replace(tzinfo=None)).total_seconds() == pytest.approx(0.0, abs=1e-3)
+    assert h["DATE-BEG"].startswith("2026-11-28T03:15:37")
+    assert h["MJD-BEG"] == pytest.approx(beg.mjd)
+
+
+async def test_dark_times_and_date_end(tmp_path: Path) -> None:
+    cam = make_camera(tmp_path)
+    frames = await cam.take_image(ExposureRequest("DARK", 30.0, "g"), [0])
+    h = fits.getheader(frames[0].path)
+    assert h["IMGTYPE"] == "DARK"
+    assert h["EXPTIME"] == 30.0
+    assert h["DARKTIME"] == pytest.approx(30.0 + READOUT_OVERHEAD_S)
+    dt = Time(h["DATE-END"], scale="tai") - Time(h["DATE-BEG"], scale="tai")
+    assert dt.sec == pytest.approx(30.0, abs=1e-3)
+    assert (h["MJD-END"] - h["MJD-BEG"]) * 86400 == pytest.approx(30.0, abs=1e-3)
+    assert h["FILTER"] == get_instrument("LATISS").default_filter
+
+
+async def test_exposure_ids_increase_and_persist(tmp_path: Path) -> None:
+    cam = make_camera(tmp_path)
+    ids = [(await cam.take_image(bias_request(), [0]))[0].exposure_id for _ in range(3)]
+    assert ids == [2026112700001, 2026112700002, 2026112700003]
+    # A restarted service (new camera, same state_dir) continues the sequence.
+    cam2 = make_camera(tmp_path, out="raw2")
+    frames = await cam2.take_image(bias_request(), [0])
+    assert frames[0].exposure_id == 2026112700004
+    assert frames[0].obs_id == "AT_O_20261127_000004"
+    # Two cameras exposing concurrently never share an id.
+    results = await asyncio.gather(*(c.take_image(bias_request(), [0]) for c in (cam, cam2, cam, cam2)))
+    new_ids = [r[0].exposure_id for r in results]
+    assert len(set(new_ids)) == 4
+    assert min(new_ids) == 2026112700005
+
+
+async def test_day_obs_rolls_over_at_noon_utc(tmp_path: Path) -> None:
+    assert SimulatedCamera.day_obs(datetime(2026, 11, 28, 11, 59, tzinfo=UTC)) == 20261127
+    assert SimulatedCamera.day_obs(datetime(2026, 11, 28, 12, 0, tzinfo=UTC)) == 20261128
+
+
+async def test_reproducible_with_seed(tmp_path: Path) -> None:
+    a = make_camera(tmp_path, seed=7, out="a", state="sa")
+    b = make_camera(tmp_path, seed=7, out="b", state="sb")
+    c = make_camera(tmp_path, seed=8, out="c", state="sc")
+    for _ in range(2):
+        fa, fb, fc = [(await cam.take_image(bias_request(), [0]))[0] for cam in (a, b, c)]
+    ra, rb, rc = read_raw(fa.path), read_raw(fb.path), read_raw(fc.path)
+    for name in ra.amplifiers:
+        np.testing.assert_array_equal(ra.amplifiers[name], rb.amplifiers[name])
+        assert not np.array_equal(ra.amplifiers[name], rc.amplifiers[name])
+    # Different exposures of the same camera differ (fresh noise) but share the structure.
+    first = read_raw(tmp_path / "a" / "AT_O_20261127_000001_det000.fits")
+    assert not np.array_equal(first.amplifiers["C10"], ra.amplifiers["C10"])
+    np.testing.assert_array_equal(a.bias_structure_e(0), b.bias_structure_e(0))
+    assert not np.array_equal(a.bias_structure_e(0), c.bias_structure_e(0))
+
+
+async def test_read_noise_after_overscan_subtraction(tmp_path: Path) -> None:
+    cam = make_camera(tmp_path, shape=(200, 100))
+    det = cam.detector_geometry(0)
+    frame = (await cam.take_image(bias_request(), [0]))[0]
+    corrected = overscan_corrected(read_raw(frame.path), det)
+    structure_adu = unassemble(det, cam.bias_structure_e(0))
+    truth = cam.truth(0)["amplifiers"]
+    for amp in det.amplifiers:
+        residual = corrected[amp.name] - structure_adu[amp.name] / amp.gain
+        expected = amp.read_noise / amp.gain
+        assert truth[amp.name]["read_noise_adu"] == pytest.approx(expected)
+        assert np.std(residual) == pytest.approx(expected, rel=0.10), amp.name
+        # Without the known structure the data section is noisier: the structure is real.
+        assert np.std(corrected[amp.name]) > 1.05 * expected
+        # The row structure is common to data and serial overscan: rows are flat after correction.
+        row_means = residual.mean(axis=1)
+        assert np.std(row_means) < 3 * expected / np.sqrt(amp.data_cols)
+
+
+async def test_raw_levels_and_row_structure(tmp_path: Path) -> None:
+    cam = make_camera(tmp_path, shape=(200, 100))
+    det = cam.detector_geometry(0)
+    raw = read_raw((await cam.take_image(bias_request(), [0]))[0].path)
+    truth = cam.truth(0)["amplifiers"]
+    levels = [truth[a.name]["bias_level_adu"] for a in det.amplifiers]
+    assert np.std(levels) > 50  # per-amp offsets of a few hundred ADU
+    assert all(14_600 < lv < 15_400 for lv in levels)
+    for amp in det.amplifiers:
+        arr = raw.amplifiers[amp.name].astype(float)
+        overscan = arr[amp.serial_overscan_slice]
+        assert np.median(overscan) == pytest.approx(truth[amp.name]["bias_level_adu"], abs=10)
+        # Row-to-row variation of the overscan exceeds what read noise alone gives.
+        rn = amp.read_noise / amp.gain
+        assert np.std(overscan.mean(axis=1)) > 1.2 * rn / np.sqrt(amp.serial_overscan_cols)
+        # Parallel overscan has no column structure and no signal.
+        assert np.median(arr[amp.parallel_overscan_slice]) == pytest.approx(
+            truth[amp.name]["bias_level_adu"], abs=10
+        )
+
+
+async def test_combined_bias_matches_truth(tmp_path: Path) -> None:
+    n = 20
+    cam = make_camera(tmp_path)
+    det = cam.detector_geometry(0)
+    stack = []
+    for _ in range(n):
+        raw = read_raw((await cam.take_image(bias_request(), [0]))[0].path)
+        corrected = overscan_corrected(raw, det)
+        gains = {a.name: a.gain for a in det.amplifiers}
+        stack.append(assemble(det, {k: v * gains[k] for k, v in corrected.items()}))
+    mean = np.mean(stack, axis=0)
+    truth = cam.bias_structure_e(0)
+    assert truth.shape == det.shape == (2 * ROWS, 8 * COLS)
+    assert np.std(truth) > 5.0  # tens of e⁻ of structure to recover
+    residual = mean - truth
+    for amp in det.amplifiers:
+        res = residual[amp.detector_slice]
+        expected = amp.read_noise / np.sqrt(n)
+        assert abs(res.mean()) < 5 * expected / np.sqrt(res.size) + 0.5 * expected
+        assert np.std(res) == pytest.approx(expected, rel=0.15), amp.name
+    # The truth carries the first-rows rise near each amplifier's readout corner (row 0 read first).
+    c10, c00 = det.amplifier("C10"), det.amplifier("C00")
+    assert truth[0, : c10.data_cols].mean() > truth[ROWS // 2, : c10.data_cols].mean() + 10
+    assert truth[2 * ROWS - 1, c00.x0 : c00.x0 + COLS].mean() > truth[ROWS + ROWS // 2, c00.x0].mean() + 10
+
+
+async def test_dark_current(tmp_path: Path) -> None:
+    cam = make_camera(tmp_path, shape=(400, 200))
+    det = cam.detector_geometry(0)
+    frame = (await cam.take_image(ExposureRequest("DARK", 30.0, "g"), [0]))[0]
+    raw = read_raw(frame.path)
+    corrected = overscan_corrected(raw, det)
+    structure_adu = unassemble(det, cam.bias_structure_e(0))
+    signal_e = np.concatenate(
+        [((corrected[a.name] - structure_adu[a.name] / a.gain) * a.gain).ravel() for a in det.amplifiers]
+    )
+    truth = cam.truth(0)["amplifiers"]["C10"]["dark_current_e_per_s"]
+    assert truth == 0.02
+    expected = truth * raw.dark_time
+    sigma = np.std(signal_e) / np.sqrt(signal_e.size)
+    assert signal_e.mean() == pytest.approx(expected, abs=5 * sigma)
+    assert sigma < 0.1 * expected
+
+
+async def test_per_amp_dark_current_and_flat_gain(tmp_path: Path) -> None:
+    cam = make_camera(tmp_path, shape=(100, 60), dark_current_e_per_s={"C10": 5.0})
+    det = cam.detector_geometry(0)
+    dark = read_raw((await cam.take_image(ExposureRequest("DARK", 100.0, "g"), [0]))[0].path)
+    corrected = overscan_corrected(dark, det)
+    amp = det.amplifier("C10")
+    assert corrected["C10"].mean() * amp.gain == pytest.approx(5.0 * 100.2, rel=0.02)
+    assert corrected["C11"].mean() * amp.gain < 30
+    # Photon transfer on a pair of flats recovers the injected gain.
+    req = ExposureRequest("FLAT", 10.0, "g")
+    f1, f2 = [overscan_corrected(read_raw((await cam.take_image(req, [0]))[0].path), det) for _ in range(2)]
+    for a in det.amplifiers:
+        mean_adu = 0.5 * (f1[a.name].mean() + f2[a.name].mean())
+        var_adu = np.var(f1[a.name] - f2[a.name]) / 2 - (a.read_noise / a.gain) ** 2
+        dark_e = cam.truth(0)["amplifiers"][a.name]["dark_current_e_per_s"] * 10.2
+        assert mean_adu * a.gain == pytest.approx(2000.0 * 10.0 + dark_e, rel=0.01)
+        assert mean_adu / var_adu == pytest.approx(a.gain, rel=0.08), a.name
+
+
+async def test_saturation_clips(tmp_path: Path) -> None:
+    cam = make_camera(tmp_path)
+    raw = read_raw((await cam.take_image(ExposureRequest("FLAT", 100.0, "g"), [0]))[0].path)
+    amp = cam.detector_geometry(0).amplifier("C10")
+    arr = raw.amplifiers["C10"]
+    assert (arr.dtype.kind, arr.dtype.itemsize) == ("i", 4)  # int32 (big-endian once in FITS)
+    assert arr[amp.data_slice].max() == int(amp.saturation)
+    assert np.all(arr[amp.data_slice] == int(amp.saturation))
+    assert arr[amp.serial_overscan_slice].max() < 16_000
+
+
+async def test_invalid_filter_and_requests(tmp_path: Path) -> None:
+    cam = make_camera(tmp_path)
+    with pytest.raises(CameraError) as err:
+        await cam.setup_instrument("nonexistent")
+    for name, _ in get_instrument("LATISS").filters:
+        assert name in str(err.value)
+    with pytest.raises(CameraError, match="image type"):
+        await cam.take_image(ExposureRequest("SKY", 1.0, "g"), [0])
+    with pytest.raises(CameraError, match="BIAS"):
+        await cam.take_image(ExposureRequest("BIAS", 1.0, "g"), [0])
+    with pytest.raises(CameraError, match="exposure time"):
+        await cam.take_image(ExposureRequest("DARK", -1.0, "g"), [0])
+    with pytest.raises(CameraError, match="no detector 5"):
+        await cam.take_image(bias_request(), [5])
+    await cam.close()
+    with pytest.raises(CameraError, match="closed"):
+        await cam.take_image(bias_request(), [0])
+
+
+async def test_comcam_three_detectors(tmp_path: Path) -> None:
+    cam = make_camera(tmp_path, name="LSSTComCam")
+    await cam.setup_instrument("r_03")
+    frames = await cam.take_image(ExposureRequest("FLAT", 1.0, "g"), [4, 0, 8])
+    assert [f.detector for f in frames] == [4, 0, 8]
+    assert len({f.exposure_id for f in frames}) == 1
+    assert len({f.path for f in frames}) == 3
+    inst = get_instrument("LSSTComCam")
+    for f in frames:
+        assert f.path.name == f"CC_O_20261127_000001_det{f.detector:03d}.fits"
+        h = fits.getheader(f.path)
+        assert h["DETNAME"] == inst.detector(f.detector).name
+        assert h["DETECTOR"] == f.detector
+        assert h["CAMCODE"] == "CC"
+        assert h["FILTER"] == "r_03"
+        assert h["IMGTYPE"] == "FLAT"
+    assert sorted(p.name for p in (tmp_path / "raw").glob("*.fits")) == sorted(f.path.name for f in frames)
+
+
+async def test_write_truth(tmp_path: Path) -> None:
+    cam = make_camera(tmp_path, name="LSSTComCam")
+    paths = cam.write_truth([0, 1])
+    assert [p.name for p in paths] == ["truth_det000.fits", "truth_det001.fits", "truth.json"]
+    with fits.open(paths[1]) as hdul:
+        assert hdul[0].header["DETECTOR"] == 1
+        amp = get_instrument("LSSTComCam").detector(1).amplifier("C03")
+        assert hdul[0].header["HIERARCH C03 GAIN"] == pytest.approx(amp.gain)
+        assert hdul[0].header["HIERARCH C03 READ NOISE E"] == pytest.approx(amp.read_noise)
+        np.testing.assert_allclose(hdul[1].data, cam.bias_structure_e(1), rtol=1e-6, atol=1e-4)
+    summary = json.loads(paths[2].read_text())
+    c03 = summary["detectors"]["1"]["amplifiers"]["C03"]
+    assert c03 == pytest.approx(cam.truth(1)["amplifiers"]["C03"])
+    assert set(c03) >= {"gain", "read_noise_e", "bias_level_adu", "dark_current_e_per_s"}
