@@ -1,0 +1,151 @@
+"""Verifier: ``calib.generated`` → DMTN-101 tests → decision → ``calib.verified``."""
+
+from __future__ import annotations
+
+import time
+
+from faststream.kafka import KafkaRouter
+from lsst.daf.butler import Butler
+
+from services.verifier.verification import VerificationOutcome, verify_bias
+from shared.butler import datasets
+from shared.butler.repo import open_butler
+from shared.events import CalibGenerated, CalibVerified, VerificationSummary
+from shared.instruments import get_instrument
+from shared.runstate import load_run_config
+from shared.service import ServiceContext, create_service
+
+NAME = "verifier"
+VERIFIERS = {"bias": verify_bias}
+
+
+def summary_of(outcome: VerificationOutcome) -> VerificationSummary:
+    decision = outcome.decision
+    failures = {
+        str(exp): list(entry.get("FAILURES", []))
+        for exp, entry in outcome.run_stats.items()
+        if exp != "SUCCESS" and isinstance(entry, dict) and entry.get("FAILURES")
+    }
+    return VerificationSummary(
+        certify=decision.certify,
+        n_exposures=decision.n_exposures,
+        failed_exposures=list(decision.failed_exposures),
+        counts={str(k): dict(v) for k, v in decision.counts.items()},
+        thresholds=dict(decision.thresholds),
+        failures=failures,
+        text=decision.summary(),
+    )
+
+
+def register(router: KafkaRouter, ctx: ServiceContext) -> None:
+    router.publisher(
+        ctx.topics.calib_verified,
+        schema=CalibVerified,
+        title=f"{ctx.name} publishes calib.verified",
+        description="The verification verdict of one calibration type, with the reference's summary.",
+    )
+
+    def butler() -> Butler:
+        return open_butler(ctx.settings.butler_repo, writeable=True)
+
+    @router.subscriber(
+        ctx.topics.calib_generated,
+        title=f"{ctx.name} consumes calib.generated",
+        description="A calibration to verify (or a generation failure to pass on).",
+        **ctx.subscriber_options(),
+    )
+    async def on_calib_generated(event: CalibGenerated) -> None:
+        base = {
+            **event.caused(producer=NAME),
+            "instrument": event.instrument,
+            "calib_type": event.calib_type,
+            "detectors": event.detectors,
+            "exposures": event.exposures,
+            "generated": event.generated,
+            "collection": event.collection,
+        }
+        if event.outcome != "ok":
+            await ctx.publish(
+                CalibVerified(**base, verdict="NOT_RUN", outcome="skipped", reason=event.reason),
+                ctx.topics.calib_verified,
+            )
+            return
+        config = await ctx.run_blocking(
+            "verify", lambda: load_run_config(butler(), event.instrument, event.run_id), run_id=event.run_id
+        )
+        if not config.do_verify:
+            await ctx.publish(
+                CalibVerified(**base, verdict="NOT_RUN", reason="do_verify is false"),
+                ctx.topics.calib_verified,
+            )
+            return
+        verifier = VERIFIERS.get(event.calib_type)
+        if verifier is None:
+            reason = f"verification of {event.calib_type} is not available in this version of cpflow"
+            ctx.metrics.stage_failures.labels(stage="verify", calib_type=event.calib_type).inc()
+            await ctx.publish(
+                CalibVerified(**base, verdict="NOT_RUN", outcome="failed", reason=reason),
+                ctx.topics.calib_verified,
+            )
+            return
+        await ctx.status(event, "RUNNING", f"{event.calib_type}: verifying", stage="verify")
+        start = time.monotonic()
+        try:
+            outcome = await ctx.run_blocking(
+                "verify",
+                lambda: verifier(
+                    butler(),
+                    get_instrument(event.instrument),
+                    event.run_id,
+                    event.exposures,
+                    event.detectors,
+                    threshold=config.threshold(event.calib_type),
+                    generated_collection=event.collection if event.generated else None,
+                    reference_collections=event.reference_collections,
+                ),
+                run_id=event.run_id,
+            )
+        except Exception as exc:
+            reason = f"verification of {event.calib_type} failed: {type(exc).__name__}: {exc}"
+            ctx.log.exception(
+                "verification failed", extra={"run_id": event.run_id, "calib_type": event.calib_type}
+            )
+            ctx.metrics.stage_failures.labels(stage="verify", calib_type=event.calib_type).inc()
+            await ctx.publish(
+                CalibVerified(**base, verdict="NOT_RUN", outcome="failed", reason=reason),
+                ctx.topics.calib_verified,
+            )
+            return
+        duration = time.monotonic() - start
+        ctx.metrics.stage_duration.labels(stage="verify", calib_type=event.calib_type).observe(duration)
+        for (test, passed), count in outcome.test_counts.items():
+            ctx.metrics.verification_tests.labels(
+                calib_type=event.calib_type, test=test, outcome="pass" if passed else "fail"
+            ).inc(count)
+        verdict = "PASSED" if outcome.decision.certify else "FAILED"
+        ctx.metrics.verification_decisions.labels(calib_type=event.calib_type, verdict=verdict).inc()
+        summary = summary_of(outcome)
+        ctx.log.info(
+            "verification decided",
+            extra={"run_id": event.run_id, "calib_type": event.calib_type, "verdict": verdict},
+        )
+        await ctx.publish(
+            CalibVerified(
+                **base,
+                verdict=verdict,
+                summary=summary,
+                stats_collection=outcome.stats_collection,
+                reason=None if verdict == "PASSED" else f"{event.calib_type} failed verification",
+                duration_s=duration,
+            ),
+            ctx.topics.calib_verified,
+        )
+
+    async def butler_reachable() -> None:
+        await ctx.run_blocking("readyz", lambda: butler().registry.getDatasetType(datasets.BIAS))
+
+    ctx.ready_checks.append(butler_reachable)
+
+
+def create_app():  # type: ignore[no-untyped-def]
+    return create_service(NAME, register)
