@@ -1,0 +1,226 @@
+"""``cpflow``: the operator's command line.
+
+    cpflow stack up | down | status
+    cpflow submit CONFIG.yaml [--wait] [--timeout SECONDS]
+    cpflow status [RUN_ID] [--json]
+    cpflow events RUN_ID [--json]
+    cpflow demo [CONFIG.yaml]
+
+Exit codes of ``submit``: 0 submitted (with ``--wait``: the run SUCCEEDED), 1 the run FAILED,
+2 the configuration was rejected, 3 no final state before the timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import secrets
+import socket
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cpflow.runview import RunView, build_views
+from cpflow.topics_reader import publish_event, read_events, wait_for_final_status
+from shared.events import RunRequested, RunStatus
+from shared.runconfig import ConfigurationError, load_run_configuration
+from shared.settings import Settings
+from shared.topics import Topics
+
+__all__ = ["main", "new_run_id"]
+
+EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT = 0, 1, 2, 3
+DEMO_CONFIG = Path(__file__).parent / "demo_bias.yaml"
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id, e.g. ``20261127T161503-3f9a1c``."""
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def _print_status_line(event: dict[str, Any]) -> None:
+    progress = event.get("progress")
+    extra = f" [{progress['done']}/{progress['total']}]" if progress else ""
+    print(
+        f"  {event.get('time', '')[:19]}  {event.get('state', ''):9s} {event.get('stage', ''):9s} "
+        f"{event.get('message', '')}{extra}",
+        flush=True,
+    )
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        config = load_run_configuration(args.config)
+    except ConfigurationError as exc:
+        print(f"configuration rejected ({args.config}):", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  - {error}", file=sys.stderr)
+        return EXIT_REJECTED
+    import yaml
+
+    document = yaml.safe_load(Path(args.config).read_text())
+    topics = Topics(settings.topic_prefix)
+    run_id = new_run_id()
+    request = RunRequested(
+        run_id=run_id,
+        producer="cli",
+        config=document,
+        submitted_by=f"{getpass.getuser()}@{socket.gethostname()}",
+    )
+    asyncio.run(publish_event(settings.kafka_bootstrap, topics.run_requested, request))
+    asyncio.run(
+        publish_event(
+            settings.kafka_bootstrap,
+            topics.run_status,
+            RunStatus(
+                run_id=run_id,
+                causation_id=request.event_id,
+                producer="cli",
+                state="SUBMITTED",
+                stage="submit",
+                message=f"{config.script_mode} on {config.instrument} submitted",
+            ),
+        )
+    )
+    print(run_id, flush=True)
+    if not args.wait:
+        return EXIT_OK
+    final = asyncio.run(
+        wait_for_final_status(
+            settings.kafka_bootstrap,
+            topics.run_status,
+            run_id,
+            args.timeout,
+            on_status=None if args.quiet else _print_status_line,
+        )
+    )
+    if final is None:
+        print(f"run {run_id}: no final state within {args.timeout:.0f} s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    print(f"run {run_id}: {final['state']}", flush=True)
+    for error in final.get("errors", []):
+        print(f"  - {error}", flush=True)
+    return {"SUCCEEDED": EXIT_OK, "FAILED": EXIT_FAILED, "REJECTED": EXIT_REJECTED}[final["state"]]
+
+
+def _views(settings: Settings, run_id: str | None) -> dict[str, RunView]:
+    topics = Topics(settings.topic_prefix)
+    events = asyncio.run(read_events(settings.kafka_bootstrap, topics.run_topics(), run_id=run_id))
+    return build_views(events)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    views = _views(settings, args.run_id)
+    if args.run_id:
+        view = views.get(args.run_id)
+        if view is None:
+            print(f"no events for run {args.run_id}", file=sys.stderr)
+            return 1
+        print(json.dumps(view.to_dict(), indent=2, default=str) if args.json else view.render())
+        return 0
+    if args.json:
+        print(json.dumps([v.to_dict() for v in views.values()], indent=2, default=str))
+    elif not views:
+        print("no runs")
+    else:
+        for view in views.values():
+            print(view.one_line())
+    return 0
+
+
+def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
+    topics = Topics(settings.topic_prefix)
+    events = asyncio.run(read_events(settings.kafka_bootstrap, topics.run_topics(), run_id=args.run_id))
+    if not events:
+        print(f"no events for run {args.run_id}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(events, indent=2, default=str))
+        return 0
+    for event in events:
+        kind = event.get("type", event["_topic"])
+        text = event.get("message") or event.get("reason") or ""
+        if kind == "frames.acquired":
+            text = f"{event['image_type']}: {len(event.get('exposures', []))} kept, {event.get('outcome')}"
+        elif kind == "calib.generated":
+            text = f"{event['calib_type']}: generated={event['generated']} {event.get('outcome')}"
+        elif kind == "calib.verified":
+            text = f"{event['calib_type']}: {event['verdict']} {event.get('outcome')}"
+        elif kind == "calib.certified":
+            text = f"{event['calib_type']}: certified={event['certified']} {event.get('reason') or ''}"
+        elif kind == "run.status":
+            text = f"{event['state']} {event.get('stage')}: {event.get('message')}"
+        print(f"{event.get('time', '')[:23]}  {event.get('producer', ''):10s} {kind:16s} {text}")
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from cpflow.stack import stack_down, stack_status, stack_up
+
+    if args.action == "up":
+        stack_up(settings)
+        print("stack is up")
+        return 0
+    if args.action == "down":
+        stack_down(settings)
+        print("stack is down")
+        return 0
+    statuses = stack_status(settings)
+    for s in statuses:
+        state = "ready" if s.ready else ("running" if s.running else "stopped")
+        print(f"{s.name:10s} {state:8s} pid={s.pid or '-':<8} {s.detail}")
+    return 0 if all(s.ready for s in statuses) else 1
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from cpflow.demo import run_demo
+
+    return run_demo(settings, Path(args.config) if args.config else DEMO_CONFIG, timeout=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cpflow", description="Calibration products on Kafka.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="start, stop or inspect the local broker and services")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.set_defaults(func=cmd_stack)
+
+    submit = sub.add_parser("submit", help="validate and submit a run configuration")
+    submit.add_argument("config", help="run configuration (YAML)")
+    submit.add_argument("--wait", action="store_true", help="wait for the run's final state")
+    submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)")
+    submit.add_argument("--quiet", action="store_true", help="with --wait, print only the final state")
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="state of one run per stage, or of all runs")
+    status.add_argument("run_id", nargs="?")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    events = sub.add_parser("events", help="the event timeline of a run")
+    events.add_argument("run_id")
+    events.add_argument("--json", action="store_true")
+    events.set_defaults(func=cmd_events)
+
+    demo = sub.add_parser("demo", help="start the stack, run a LATISS bias run, print a summary, stop")
+    demo.add_argument("config", nargs="?", help="run configuration (default: the bundled LATISS BIAS run)")
+    demo.add_argument("--timeout", type=float, default=1800.0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    try:
+        return int(args.func(args, settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""``cpflow demo``: a whole calibration run on the simulated camera, start to finish.
+
+Starts the local stack, submits the run, follows it, prints a summary (run id, frames,
+verification per test, the certified dataset and its validity range, where the files are) and
+stops what it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from astropy.time import Time
+
+from cpflow.runview import build_views
+from cpflow.stack import stack_down, stack_up
+from cpflow.topics_reader import read_events
+from shared.butler.repo import calib_chain, open_butler
+from shared.settings import Settings
+from shared.topics import Topics
+
+__all__ = ["run_demo"]
+
+
+def _demo_config(settings: Settings, source: Path) -> Path:
+    """The demo configuration with a calib collection of its own, so demos can be repeated."""
+    document = yaml.safe_load(source.read_text())
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    if str(document.get("calib_collection", "")).endswith("/demo"):
+        document["calib_collection"] = f"{document['calib_collection']}/{stamp}"
+    target = settings.home / "demo" / f"run-{stamp}.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(document, sort_keys=False))
+    return target
+
+
+def _butler_summary(settings: Settings, instrument: str, types: dict[str, dict]) -> list[str]:
+    lines = []
+    butler = open_butler(settings.butler_repo, writeable=False)
+    for calib_type, t in types.items():
+        cert = t.get("certification") or {}
+        if not cert.get("certified"):
+            continue
+        for detector, dataset_id in sorted(cert.get("dataset_ids", {}).items()):
+            begin = Time(cert["begin"], scale="tai")
+            ref = butler.find_dataset(
+                calib_type,
+                instrument=instrument,
+                detector=int(detector),
+                collections=calib_chain(instrument),
+                timespan=None
+                if begin is None
+                else __import__("lsst.daf.butler", fromlist=["Timespan"]).Timespan(begin, begin + 1 / 86400),
+            )
+            where = butler.getURI(ref).ospath if ref is not None else "?"
+            lines.append(
+                f"  {calib_type} detector {detector}: dataset {dataset_id}\n"
+                f"    found in {calib_chain(instrument)} at {cert['begin']}: {ref is not None}\n"
+                f"    file: {where}"
+            )
+    return lines
+
+
+def run_demo(settings: Settings, config: Path, timeout: float = 1800.0) -> int:
+    from cpflow.cli import cmd_submit
+
+    print("== starting the local stack")
+    stack_up(settings)
+    try:
+        effective = _demo_config(settings, config)
+        document = yaml.safe_load(effective.read_text())
+        print(f"== submitting {effective}")
+        args = argparse.Namespace(config=str(effective), wait=True, timeout=timeout, quiet=False)
+        code = cmd_submit(args, settings)
+        events = asyncio.run(
+            read_events(settings.kafka_bootstrap, Topics(settings.topic_prefix).run_topics())
+        )
+        views = build_views(events)
+        latest = max(views.values(), key=lambda v: v.submitted, default=None)
+        print("\n== summary")
+        if latest is not None:
+            print(latest.render())
+            for calib_type, t in latest.types.items():
+                ver = t.get("verification") or {}
+                if ver.get("summary"):
+                    print(f"\n-- {calib_type} verification report\n{ver['summary']}")
+            print("\n== in the butler")
+            print(f"  repository: {settings.butler_repo}")
+            for line in _butler_summary(settings, document["instrument"], latest.types):
+                print(line)
+            print(f"  service logs: {settings.log_dir}")
+        return code
+    finally:
+        print("\n== stopping the local stack")
+        stack_down(settings)

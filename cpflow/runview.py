@@ -1,0 +1,161 @@
+"""A run's state per stage and per calibration type, folded from its events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RunView", "build_views"]
+
+
+@dataclass
+class RunView:
+    run_id: str
+    state: str = "UNKNOWN"
+    message: str = ""
+    errors: list[str] = field(default_factory=list)
+    submitted: str = ""
+    updated: str = ""
+    types: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def _type(self, name: str) -> dict[str, Any]:
+        return self.types.setdefault(name.lower(), {})
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        time = str(event.get("time", ""))
+        self.updated = max(self.updated, time)
+        if kind == "run.status":
+            if not self.submitted and event.get("state") == "SUBMITTED":
+                self.submitted = time
+            # A final state is never replaced by a late progress message.
+            if self.state not in ("SUCCEEDED", "FAILED", "REJECTED") or event.get("state") in (
+                "SUCCEEDED",
+                "FAILED",
+                "REJECTED",
+            ):
+                self.state = str(event.get("state"))
+                self.message = str(event.get("message", ""))
+                if event.get("errors"):
+                    self.errors = list(event["errors"])
+        elif kind == "run.requested":
+            self.submitted = self.submitted or time
+        elif kind == "frames.acquired":
+            t = self._type(event["image_type"])
+            t["frames"] = {
+                "outcome": event.get("outcome"),
+                "kept": len(event.get("exposures", [])),
+                "discarded": len(event.get("discarded", [])),
+                "exposures": event.get("exposures", []),
+                "detectors": event.get("detectors", []),
+                "reason": event.get("reason"),
+            }
+        elif kind == "calib.generated":
+            t = self._type(event["calib_type"])
+            t["generation"] = {
+                "outcome": event.get("outcome"),
+                "generated": event.get("generated"),
+                "collection": event.get("collection"),
+                "reference_collections": event.get("reference_collections"),
+                "reason": event.get("reason"),
+                "duration_s": event.get("duration_s"),
+            }
+        elif kind == "calib.verified":
+            t = self._type(event["calib_type"])
+            summary = event.get("summary") or {}
+            failed: dict[str, int] = {}
+            for per_test in (summary.get("counts") or {}).values():
+                for test, n in per_test.items():
+                    failed[test] = failed.get(test, 0) + int(n)
+            t["verification"] = {
+                "outcome": event.get("outcome"),
+                "verdict": event.get("verdict"),
+                "failed_exposures": summary.get("failed_exposures", []),
+                "failed_tests": failed,
+                "thresholds": summary.get("thresholds", {}),
+                "n_exposures": summary.get("n_exposures"),
+                "reason": event.get("reason"),
+                "summary": summary.get("text"),
+            }
+        elif kind == "calib.certified":
+            t = self._type(event["calib_type"])
+            t["certification"] = {
+                "outcome": event.get("outcome"),
+                "certified": event.get("certified"),
+                "calib_collection": event.get("calib_collection"),
+                "begin": event.get("begin"),
+                "end": event.get("end"),
+                "dataset_ids": event.get("dataset_ids", {}),
+                "reason": event.get("reason"),
+            }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "state": self.state,
+            "message": self.message,
+            "errors": self.errors,
+            "submitted": self.submitted,
+            "updated": self.updated,
+            "types": self.types,
+        }
+
+    def one_line(self) -> str:
+        types = ", ".join(self.types) or "-"
+        return f"{self.run_id}  {self.state:9s}  {self.submitted[:19]}  types: {types}  {self.message}"
+
+    def render(self) -> str:
+        lines = [f"run {self.run_id}: {self.state}  ({self.message})"]
+        for error in self.errors:
+            lines.append(f"  ! {error}")
+        for name, t in self.types.items():
+            lines.append(f"  {name}:")
+            frames = t.get("frames")
+            if frames:
+                lines.append(
+                    f"    frames:        {frames['kept']} kept, {frames['discarded']} discarded"
+                    f" ({frames['outcome']}{': ' + frames['reason'] if frames.get('reason') else ''})"
+                )
+            gen = t.get("generation")
+            if gen:
+                what = (
+                    gen["collection"]
+                    if gen.get("generated")
+                    else (
+                        "not generated: external verification against "
+                        + ", ".join(gen.get("reference_collections") or [])
+                        if gen.get("outcome") == "ok"
+                        else gen.get("reason")
+                    )
+                )
+                lines.append(f"    generation:    {gen['outcome']}  {what}")
+            ver = t.get("verification")
+            if ver:
+                failed = ", ".join(f"{k} ×{v}" for k, v in sorted(ver["failed_tests"].items())) or "none"
+                lines.append(f"    verification:  {ver['verdict']}  failed tests: {failed}")
+                if ver.get("failed_exposures"):
+                    lines.append(f"                   failed exposures: {ver['failed_exposures']}")
+                if ver.get("thresholds"):
+                    lines.append(f"                   thresholds: {ver['thresholds']}")
+                if ver.get("reason") and ver.get("verdict") == "NOT_RUN":
+                    lines.append(f"                   {ver['reason']}")
+            cert = t.get("certification")
+            if cert:
+                if cert.get("certified"):
+                    lines.append(
+                        f"    certification: certified into {cert['calib_collection']} "
+                        f"valid [{cert['begin']}, {cert['end']})"
+                    )
+                else:
+                    lines.append(f"    certification: not certified ({cert.get('reason')})")
+        return "\n".join(lines)
+
+
+def build_views(events: list[dict[str, Any]]) -> dict[str, RunView]:
+    views: dict[str, RunView] = {}
+    for event in events:
+        run_id = event.get("run_id")
+        if not run_id:
+            continue
+        views.setdefault(run_id, RunView(run_id)).apply(event)
+    return views

@@ -1,0 +1,169 @@
+"""The local stack: a Kafka broker and the four services as background processes.
+
+Logs go to ``$CPFLOW_HOME/logs/<name>.log`` and pid files to ``$CPFLOW_HOME/run/<name>.pid``.
+`up` returns only when the broker accepts connections and every service answers ``/readyz``;
+`down` stops everything by its pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cpflow.kafka_local import LocalKafka, create_topics, pid_alive, stop_pid
+from shared.butler.repo import create_repository
+from shared.settings import SERVICE_NAMES, Settings
+from shared.topics import Topics
+
+__all__ = ["ComponentStatus", "stack_down", "stack_status", "stack_up"]
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    pid: int | None
+    running: bool
+    ready: bool
+    detail: str
+
+
+def _kafka(settings: Settings) -> LocalKafka:
+    return LocalKafka(settings.home, settings.kafka_port, settings.kafka_controller_port)
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def _readyz(settings: Settings, name: str, timeout: float = 5.0) -> tuple[bool, str]:
+    url = f"http://127.0.0.1:{settings.http_ports[name]}/readyz"
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return False, f"{url}: {type(exc).__name__}"
+    return response.status_code == 200, response.text.strip()
+
+
+def _service_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "CPFLOW_HOME": str(settings.home),
+            "CPFLOW_BUTLER_REPO": settings.butler_repo,
+            "CPFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "CPFLOW_TOPIC_PREFIX": settings.topic_prefix,
+        }
+    )
+    for name, port in settings.http_ports.items():
+        env[f"CPFLOW_{name.upper()}_PORT"] = str(port)
+    return env
+
+
+def start_service(settings: Settings, name: str) -> int:
+    """Start ``python -m services.<name>`` in the background (no-op if it runs) and return its pid."""
+    pid_file = _pid_file(settings, name)
+    pid = _read_pid(pid_file)
+    if pid is not None:
+        return pid
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.log_dir / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=_service_env(settings),
+            start_new_session=True,
+        )
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_service(settings: Settings, name: str) -> None:
+    pid_file = _pid_file(settings, name)
+    pid = _read_pid(pid_file)
+    if pid is not None:
+        stop_pid(pid, timeout=70.0)
+    pid_file.unlink(missing_ok=True)
+
+
+def stack_up(settings: Settings | None = None, timeout: float = 180.0, echo: bool = True) -> None:
+    """Create the butler repository, start the broker, create the topics, start the services."""
+    settings = settings or Settings.from_env()
+
+    def say(text: str) -> None:
+        if echo:
+            print(text, flush=True)
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    say(f"butler repository: {settings.butler_repo}")
+    create_repository(settings.butler_repo, registry_db=settings.registry_db)
+    kafka = _kafka(settings)
+    say(f"kafka broker: starting on {kafka.bootstrap}")
+    kafka.start()
+    asyncio.run(
+        create_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix).all(), settings.partitions)
+    )
+    for name in SERVICE_NAMES:
+        pid = start_service(settings, name)
+        say(f"{name}: pid {pid}, http://127.0.0.1:{settings.http_ports[name]}")
+    deadline = time.monotonic() + timeout
+    waiting = set(SERVICE_NAMES)
+    while waiting and time.monotonic() < deadline:
+        for name in sorted(waiting):
+            if _read_pid(_pid_file(settings, name)) is None:
+                raise RuntimeError(f"{name} exited during start-up; see {settings.log_dir / (name + '.log')}")
+            ready, _detail = _readyz(settings, name)
+            if ready:
+                waiting.discard(name)
+                say(f"{name}: ready")
+        if waiting:
+            time.sleep(0.5)
+    if waiting:
+        raise RuntimeError(f"not ready within {timeout:.0f} s: {', '.join(sorted(waiting))}")
+
+
+def stack_down(settings: Settings | None = None) -> None:
+    """Stop the services, then the broker."""
+    settings = settings or Settings.from_env()
+    for name in SERVICE_NAMES:
+        stop_service(settings, name)
+    _kafka(settings).stop()
+
+
+def stack_status(settings: Settings | None = None) -> list[ComponentStatus]:
+    settings = settings or Settings.from_env()
+    kafka = _kafka(settings)
+    kpid = kafka.pid()
+    from cpflow.kafka_local import port_open
+
+    statuses = [
+        ComponentStatus(
+            "kafka",
+            kpid,
+            kpid is not None,
+            kpid is not None and port_open("127.0.0.1", settings.kafka_port),
+            kafka.bootstrap,
+        )
+    ]
+    for name in SERVICE_NAMES:
+        pid = _read_pid(_pid_file(settings, name))
+        ready, detail = _readyz(settings, name, timeout=15.0) if pid is not None else (False, "not running")
+        statuses.append(ComponentStatus(name, pid, pid is not None, ready, detail))
+    return statuses

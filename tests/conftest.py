@@ -1,0 +1,65 @@
+"""Shared fixtures: a real local stack (Apache Kafka broker + the four services + a butler)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.settings import SERVICE_NAMES, Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stack_settings(home: Path) -> Settings:
+    kafka_port = free_port()
+    return Settings(
+        home=home,
+        butler_repo=str(home / "butler"),
+        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+        kafka_port=kafka_port,
+        kafka_controller_port=free_port(),
+        topic_prefix="cpflowtest",
+        partitions=3,
+        http_ports={name: free_port() for name in SERVICE_NAMES},
+        max_poll_interval_ms=600_000,
+        transient_retries=5,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that points the CLI at ``settings``."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "CPFLOW_HOME": str(settings.home),
+            "CPFLOW_BUTLER_REPO": settings.butler_repo,
+            "CPFLOW_KAFKA_PORT": str(settings.kafka_port),
+            "CPFLOW_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
+            "CPFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "CPFLOW_TOPIC_PREFIX": settings.topic_prefix,
+        }
+    )
+    for name, port in settings.http_ports.items():
+        env[f"CPFLOW_{name.upper()}_PORT"] = str(port)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The whole local stack, started once per test session and stopped by pid at the end."""
+    from cpflow.stack import stack_down, stack_up
+
+    settings = stack_settings(tmp_path_factory.mktemp("cpflow-home"))
+    try:
+        stack_up(settings, echo=False)
+        yield settings
+    finally:
+        stack_down(settings)
