@@ -76,6 +76,7 @@ class RunView:
                 "n_exposures": summary.get("n_exposures"),
                 "reason": event.get("reason"),
                 "summary": summary.get("text"),
+                "tests": summary.get("tests", {}),
             }
         elif kind == "calib.certified":
             t = self._type(event["calib_type"])
@@ -133,6 +134,8 @@ class RunView:
             if ver:
                 failed = ", ".join(f"{k} ×{v}" for k, v in sorted(ver["failed_tests"].items())) or "none"
                 lines.append(f"    verification:  {ver['verdict']}  failed tests: {failed}")
+                for test, n in sorted((ver.get("tests") or {}).items()):
+                    lines.append(f"                   {test:22s} {n['pass']:5d} passed {n['fail']:5d} failed")
                 if ver.get("failed_exposures"):
                     lines.append(f"                   failed exposures: {ver['failed_exposures']}")
                 if ver.get("thresholds"):

@@ -26,7 +26,11 @@ def summary_of(outcome: VerificationOutcome) -> VerificationSummary:
         for exp, entry in outcome.run_stats.items()
         if exp != "SUCCESS" and isinstance(entry, dict) and entry.get("FAILURES")
     }
+    tests: dict[str, dict[str, int]] = {}
+    for (test, passed), count in outcome.test_counts.items():
+        tests.setdefault(test, {"pass": 0, "fail": 0})["pass" if passed else "fail"] += count
     return VerificationSummary(
+        tests=tests,
         certify=decision.certify,
         n_exposures=decision.n_exposures,
         failed_exposures=list(decision.failed_exposures),
