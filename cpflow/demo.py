@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
-from astropy.time import Time, TimeDelta
-from lsst.daf.butler import Timespan
+from astropy.time import Time
 
 from cpflow.runview import build_views
 from cpflow.stack import stack_down, stack_up

@@ -120,6 +120,10 @@ class VerificationSummary(BaseModel):
     failures: dict[str, list[str]] = Field(
         default_factory=dict, description="Exposure id → FAILURES strings."
     )
+    tests: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Test name → {'pass': n, 'fail': n} over exposures, detectors, amplifiers.",
+    )
     text: str = ""
 
 
