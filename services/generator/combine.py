@@ -5,8 +5,11 @@ input is divided by its scale, inputs flagged in ``reject_mask`` or non-finite a
 each pixel is the afw-style clipped mean (first pass about the median with sigma = 0.7413·IQR, later
 passes about the mean with the sample stdev) of the remaining inputs.
 
-Memory is bounded by processing ``rows_per_strip`` full-width rows at a time: only one float32
-stack of ``N x rows_per_strip x columns`` exists at once. Inputs are *strip readers*: callables
+The per-pixel work is the compiled kernel `shared.clipkernel.clip_stack` (one fused pass per row,
+threads over rows). Memory is bounded by processing ``rows_per_strip`` full-width rows at a time:
+only one float32 stack of ``N x rows_per_strip x columns`` exists at once (none at all when the
+inputs are given as one in-memory 3-D float32 array, which is read in place). Inputs are *strip
+readers*: callables
 that return the image (and optionally mask and variance) of a row slice, so a later version can
 read strips lazily from FITS files; in-memory `CalibImage` inputs are wrapped automatically.
 """
@@ -20,8 +23,8 @@ from datetime import UTC, datetime
 import numpy as np
 from astropy.io import fits
 
+from shared.clipkernel import ClipResult, clip_stack
 from shared.images import CalibImage, MaskPlane
-from shared.stats import IQ_TO_STDEV, nanquantile_sorted
 
 __all__ = [
     "CombineResult",
@@ -73,73 +76,48 @@ def _unpack(strip: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray | Non
     raise ValueError(f"a strip reader must return 2 or 3 arrays, got {len(strip)}")
 
 
-def _clipped_mean_stack(
-    stack: np.ndarray, n_sigma: float, n_iter: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-pixel afw clipped mean along axis 0 of ``stack`` (NaN = rejected input).
-
-    Returns ``(mean, variance, n_kept)`` with ``variance`` the sample variance (ddof=1) of the
-    kept values, NaN where fewer than two are kept, and ``mean`` NaN where none is good.
-    """
-    good = np.isfinite(stack)
-    n_good = good.sum(axis=0)
-    ordered = np.sort(stack, axis=0)
-    median = nanquantile_sorted(ordered, n_good, 0.5, axis=0)
-    iqr = nanquantile_sorted(ordered, n_good, 0.75, axis=0) - nanquantile_sorted(
-        ordered, n_good, 0.25, axis=0
-    )
-    del ordered
-    center = median
-    half_width = n_sigma * IQ_TO_STDEV * iqr
-    # Rejected inputs hold 0 so that products with the keep mask stay finite.
-    values = np.where(good, stack, np.float32(0.0))
-    work = np.empty_like(values)
-    keep = np.empty(values.shape, dtype=bool)
-    mean = np.full(n_good.shape, np.nan)
-    variance = np.full(n_good.shape, np.nan)
-    n_kept = np.zeros(n_good.shape, dtype=np.intp)
-    for _ in range(n_iter):
-        with np.errstate(invalid="ignore"):
-            np.subtract(values, center.astype(np.float32), out=work)
-            np.abs(work, out=work)
-            np.less_equal(work, half_width.astype(np.float32), out=keep)
-        keep &= good
-        n = np.count_nonzero(keep, axis=0)
-        np.multiply(values, keep, out=work)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            new_mean = work.sum(axis=0, dtype=np.float64) / n
-            np.subtract(values, new_mean.astype(np.float32), out=work)
-            work *= keep
-            np.square(work, out=work)
-            new_variance = work.sum(axis=0, dtype=np.float64) / (n - 1)
-        new_variance = np.where(n >= 2, new_variance, np.nan)
-        # Where the limits collapsed onto no value, keep the previous pass (as `clipped_stats`).
-        update = n > 0
-        mean = np.where(update, new_mean, mean)
-        variance = np.where(update, new_variance, variance)
-        n_kept = np.where(update, n, n_kept)
-        center = mean
-        half_width = n_sigma * np.sqrt(np.where(np.isfinite(variance), variance, 0.0))
-    return mean, variance, n_kept
+def _strip_stack(
+    readers: Sequence[StripReader],
+    strip: slice,
+    cols: int,
+    scale_values: np.ndarray,
+    reject_mask: int,
+) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Scaled float32 stack of one strip (rejected inputs NaN) and the raw input variances."""
+    n_rows = strip.stop - strip.start
+    stack = np.empty((len(readers), n_rows, cols), dtype=np.float32)
+    variances: list[np.ndarray | None] = []
+    for i, read in enumerate(readers):
+        data, mask, var = _unpack(read(strip))
+        if data.shape != (n_rows, cols):
+            raise ValueError(f"input {i}: strip {strip} has shape {data.shape}, expected {(n_rows, cols)}")
+        np.divide(data, scale_values[i], out=stack[i], casting="unsafe")
+        if mask is not None:
+            stack[i][(mask & reject_mask) != 0] = np.nan
+        variances.append(var)
+    return stack, variances
 
 
 def combine_clipped_mean(
-    inputs: Sequence[StripReader] | Sequence[CalibImage],
+    inputs: Sequence[StripReader] | Sequence[CalibImage] | np.ndarray,
     *,
     scales: Sequence[float] | None = None,
     n_sigma: float = 3.0,
     n_iter: int = 3,
-    rows_per_strip: int = 200,
+    rows_per_strip: int = 128,
     reject_mask: int = _DEFAULT_REJECT,
     shape: tuple[int, int] | None = None,
+    method: str = "afw",
 ) -> CombineResult:
     """Combine images with a per-pixel afw-style clipped mean.
 
     Parameters
     ----------
-    inputs : `~collections.abc.Sequence` of `shared.images.CalibImage` or strip readers
+    inputs : `~collections.abc.Sequence` of `shared.images.CalibImage` or strip readers, or `numpy.ndarray`
         The images to combine, all of one shape. A strip reader is called with a row slice and
         returns ``(image, mask_or_None)`` or ``(image, mask_or_None, variance)`` for those rows.
+        A 3-D array ``(N, rows, cols)`` is N images without mask or variance; it is read in place
+        (float32 strips are not copied).
     scales : `~collections.abc.Sequence` [`float`], optional
         Each input is divided by its scale (variance by its square); default 1.
     n_sigma, n_iter : `float`, `int`
@@ -150,6 +128,10 @@ def combine_clipped_mean(
         Inputs whose mask has any of these bits at a pixel are dropped there.
     shape : `tuple` [`int`, `int`], optional
         Image shape; required when ``inputs`` are strip readers.
+    method : `str`
+        Clipping definition of `shared.clipkernel.clip_stack`: ``"afw"`` (cp_pipe's MEANCLIP,
+        the default) or ``"astropy"`` (``astropy.stats.sigma_clip`` with a median centre; used to
+        compare with astropy).
 
     Returns
     -------
@@ -166,12 +148,18 @@ def combine_clipped_mean(
         raise ValueError(f"rows_per_strip must be positive, got {rows_per_strip}")
     readers: list[StripReader] = []
     shapes = set()
-    for item in inputs:
-        if isinstance(item, CalibImage):
-            readers.append(_calib_reader(item))
-            shapes.add(item.image.shape)
-        else:
-            readers.append(item)
+    cube = inputs if isinstance(inputs, np.ndarray) else None
+    if cube is not None:
+        if cube.ndim != 3:
+            raise ValueError(f"an array of inputs must be 3-D (N, rows, cols), got shape {cube.shape}")
+        shapes.add(cube.shape[1:])
+    else:
+        for item in inputs:
+            if isinstance(item, CalibImage):
+                readers.append(_calib_reader(item))
+                shapes.add(item.image.shape)
+            else:
+                readers.append(item)
     if shape is not None:
         shapes.add(tuple(shape))
     if len(shapes) != 1:
@@ -187,50 +175,60 @@ def combine_clipped_mean(
     variance = np.empty((rows, cols), dtype=np.float32)
     n_good = np.empty((rows, cols), dtype=np.int16)
     single_variance_missing = np.zeros((rows, cols), dtype=bool)
+    strip_rows = min(rows_per_strip, rows)
+    work = ClipResult(
+        np.empty((strip_rows, cols)),
+        np.empty((strip_rows, cols)),
+        np.empty((strip_rows, cols), dtype=np.int32),
+        np.empty((strip_rows, cols), dtype=np.int32),
+    )
     for r0 in range(0, rows, rows_per_strip):
         strip = slice(r0, min(r0 + rows_per_strip, rows))
         n_rows = strip.stop - strip.start
-        stack = np.empty((n_inputs, n_rows, cols), dtype=np.float32)
-        variances: list[np.ndarray | None] = []
-        for i, read in enumerate(readers):
-            data, mask, var = _unpack(read(strip))
-            if data.shape != (n_rows, cols):
-                raise ValueError(
-                    f"input {i}: strip {strip} has shape {data.shape}, expected {(n_rows, cols)}"
-                )
-            np.divide(data, scale_values[i], out=stack[i], casting="unsafe")
-            if mask is not None:
-                stack[i][(mask & reject_mask) != 0] = np.nan
-            variances.append(None if var is None else var / scale_values[i] ** 2)
-        mean, clipped_var, n_kept = _clipped_mean_stack(stack, n_sigma, n_iter)
+        out = ClipResult(
+            work.mean[:n_rows], work.variance[:n_rows], work.n_kept[:n_rows], work.kept_index[:n_rows]
+        )
+        variances: list[np.ndarray | None]
+        if cube is not None:
+            # Float32 planes are scaled inside the kernel, exactly as np.divide would.
+            stack = cube[:, strip].astype(np.float32, copy=False)
+            clip_stack(stack, method=method, n_sigma=n_sigma, n_iter=n_iter, scales=scale_values, out=out)
+            variances = [None] * n_inputs
+        else:
+            stack, variances = _strip_stack(readers, strip, cols, scale_values, reject_mask)
+            clip_stack(stack, method=method, n_sigma=n_sigma, n_iter=n_iter, out=out)
+        del stack
 
         with np.errstate(invalid="ignore", divide="ignore"):
-            out_var = clipped_var / n_kept
-        single = n_kept == 1
+            out_var = out.variance / out.n_kept
+        single = out.n_kept == 1
         if single.any():
-            # The one kept input is the one whose value equals the mean: take its variance.
-            source = np.argmax(np.isfinite(stack) & (stack == mean.astype(np.float32)), axis=0)
+            # Exactly one input is kept there: take its (scaled) variance.
             filled = np.zeros(single.shape, dtype=bool)
             for i, var in enumerate(variances):
-                here = single & (source == i)
-                if var is not None:
-                    out_var[here] = var[here]
-                    filled |= here
+                if var is None:
+                    continue
+                here = single & (out.kept_index == i)
+                out_var[here] = var[here] / scale_values[i] ** 2
+                filled |= here
             single_variance_missing[strip] = single & ~filled
-        del stack
-        image[strip] = mean
+        image[strip] = out.mean
         variance[strip] = out_var
-        n_good[strip] = n_kept
+        n_good[strip] = out.n_kept
 
     bad = (n_good == 0) | ~np.isfinite(image)
-    mask = np.where(bad, np.int32(MaskPlane.BAD), np.int32(0)).astype(np.int32)
     if bad.all():
         raise ValueError("no pixel has a good input")
-    image[bad] = np.median(image[~bad])
+    mask = np.zeros((rows, cols), dtype=np.int32)
+    if bad.any():
+        mask[bad] = MaskPlane.BAD
+        image[bad] = np.median(image[~bad])
     fill_variance = single_variance_missing | ~np.isfinite(variance)
-    usable = ~fill_variance & ~bad
-    variance[fill_variance | bad] = np.median(variance[usable]) if usable.any() else np.nan
-    mask[~np.isfinite(variance)] |= MaskPlane.BAD
+    to_fill = fill_variance | bad
+    if to_fill.any():
+        usable = ~to_fill
+        variance[to_fill] = np.median(variance[usable]) if usable.any() else np.nan
+        mask[~np.isfinite(variance)] |= MaskPlane.BAD
     return CombineResult(
         image=CalibImage(image=image, mask=mask, variance=variance),
         n_good=n_good,
