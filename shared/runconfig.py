@@ -20,20 +20,22 @@ import math
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.instruments import get_instrument, instrument_names
+from shared.instruments import amplifier_layout, get_instrument, instrument_names
 
 __all__ = [
     "CAMERAS",
+    "FAULT_KINDS",
     "INSTRUMENTS",
     "ConfigurationError",
     "RunConfiguration",
     "ScriptMode",
     "SimulatorConfig",
+    "SimulatorFault",
     "TestCase",
     "load_run_configuration",
     "validate_run_configuration",
@@ -122,6 +124,76 @@ class TestCase(BaseModel):
     project: str | None = None
 
 
+FAULT_KINDS: tuple[str, ...] = ("light_leak", "hot_amplifier", "dark_ramp")
+"""Kinds of `SimulatorFault`."""
+
+_FAULT_COMMON_KEYS: tuple[str, ...] = ("kind", "image_type", "exposures")
+_FAULT_KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "light_leak": ("level_e",),
+    "hot_amplifier": ("amplifiers", "factor"),
+    "dark_ramp": ("step_e_per_s",),
+}
+
+
+class SimulatorFault(BaseModel):
+    """A fault injected by the simulated camera, to exercise verification.
+
+    Attributes
+    ----------
+    kind : `str`
+        ``light_leak``: extra uniform illumination (with shot noise) on every amplifier; the level of
+        each affected frame is drawn uniformly in [0, 2 x ``level_e``] e⁻ per pixel.
+        ``hot_amplifier``: the read noise of ``amplifiers`` is multiplied by ``factor``.
+        ``dark_ramp``: dark frame ``i`` (0-based, in the order taken) gets ``i x step_e_per_s`` e⁻/s of
+        extra dark current on every pixel (DARK frames only).
+    image_type : `str` or `None`
+        ``BIAS``, ``DARK`` or ``FLAT``: the frames affected; `None` means every image type (``dark_ramp``:
+        DARK only).
+    exposures : `list` [`int`] or `None`
+        0-based indices, among the frames of that image type taken by one camera instance, of the
+        frames affected; `None` means all.
+    level_e : `float`
+        ``light_leak`` only: mean extra illumination per frame, e⁻ per pixel (default 200).
+    amplifiers : `list` [`str`] or ``"all"``
+        ``hot_amplifier`` only: amplifier names (default all).
+    factor : `float`
+        ``hot_amplifier`` only: read-noise multiplier (default 3).
+    step_e_per_s : `float`
+        ``dark_ramp`` only: dark-current increment per dark frame, e⁻/s (default 0.5).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["light_leak", "hot_amplifier", "dark_ramp"]
+    image_type: Literal["BIAS", "DARK", "FLAT"] | None = None
+    exposures: list[Annotated[int, Field(ge=0)]] | None = None
+    level_e: float = Field(default=200.0, ge=0)
+    amplifiers: list[str] | Literal["all"] = "all"
+    factor: float = Field(default=3.0, gt=0)
+    step_e_per_s: float = Field(default=0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> SimulatorFault:
+        if self.kind == "dark_ramp" and self.image_type not in (None, "DARK"):
+            raise ValueError(f"image_type: a dark_ramp only applies to DARK frames, got {self.image_type!r}")
+        given = self.model_fields_set - set(_FAULT_COMMON_KEYS)
+        foreign = sorted(given - set(_FAULT_KIND_KEYS[self.kind]))
+        if foreign:
+            raise ValueError(f"{foreign[0]}: not used by a {self.kind} fault; remove it")
+        return self
+
+    def applies(self, image_type: str, index: int) -> bool:
+        """Whether this fault affects frame ``index`` (0-based, per image type) of ``image_type``."""
+        wanted = "DARK" if self.kind == "dark_ramp" else self.image_type
+        if wanted is not None and image_type.upper() != wanted:
+            return False
+        return self.exposures is None or index in self.exposures
+
+    def affects_amplifier(self, name: str) -> bool:
+        """Whether amplifier ``name`` is affected (only ``hot_amplifier`` selects amplifiers)."""
+        return self.amplifiers == "all" or name in self.amplifiers
+
+
 class SimulatorConfig(BaseModel):
     """Settings of cpflow's simulated camera (``camera: simulated`` only).
 
@@ -134,6 +206,18 @@ class SimulatorConfig(BaseModel):
         (2000 x 509). Small shapes make fast test runs.
     bias_level_adu : `float`
         Bias (pedestal) level in ADU.
+    faults : `list` [`SimulatorFault`]
+        Faults to inject (default none).
+    flat_flux_e_per_s : `float`
+        Flat-field illumination, e⁻/s per pixel (default 2000).
+    dark_current_e_per_s : `float`
+        Background dark current, e⁻/s per pixel (default 0.02).
+    hot_pixel_fraction, cold_pixel_fraction : `float`
+        Fractions of hot and cold pixels (defaults 2e-4 and 1e-4; at most 0.1).
+    cosmic_ray_rate : `float`
+        Cosmic rays per cm² per second on darks (default 0.1, about 50 per detector in a 30 s dark).
+    gain_spread : `float`
+        Actual gains differ from the nominal ones by up to ± this fraction (0..0.2, default 0.03).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -141,6 +225,13 @@ class SimulatorConfig(BaseModel):
     seed: int = 0
     amp_data_shape: tuple[int, int] | None = None
     bias_level_adu: float = 15000.0
+    faults: list[SimulatorFault] = Field(default_factory=list)
+    flat_flux_e_per_s: float = Field(default=2000.0, ge=0)
+    dark_current_e_per_s: float = Field(default=0.02, ge=0)
+    hot_pixel_fraction: float = Field(default=2e-4, ge=0, le=0.1)
+    cold_pixel_fraction: float = Field(default=1e-4, ge=0, le=0.1)
+    cosmic_ray_rate: float = Field(default=0.1, ge=0)
+    gain_spread: float = Field(default=0.03, ge=0, le=0.2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,21 +367,28 @@ def _check_filter_value(
         errors.append(f"{key}: unknown {key} {value!r}; valid values are: {', '.join(valid_names)}")
 
 
+_SIMULATOR_NUMBER_RANGES: dict[str, tuple[float, float | None, str]] = {
+    "flat_flux_e_per_s": (0.0, None, "e⁻/s per pixel"),
+    "dark_current_e_per_s": (0.0, None, "e⁻/s per pixel"),
+    "hot_pixel_fraction": (0.0, 0.1, "a fraction of the pixels"),
+    "cold_pixel_fraction": (0.0, 0.1, "a fraction of the pixels"),
+    "cosmic_ray_rate": (0.0, None, "cosmic rays per cm² per s"),
+    "gain_spread": (0.0, 0.2, "a fractional spread of the gains"),
+}
+
+
 def _check_simulator(value: Any, errors: list[str]) -> None:
     if value is None:
         return
-    if not isinstance(value, Mapping):
-        errors.append(
-            "simulator: must be a mapping with keys seed, amp_data_shape, bias_level_adu, "
-            f"got {_describe(value)}"
-        )
-        return
     valid = list(SimulatorConfig.model_fields)
+    if not isinstance(value, Mapping):
+        errors.append(f"simulator: must be a mapping with keys {', '.join(valid)}, got {_describe(value)}")
+        return
     for key in value:
         if key not in valid:
             errors.append("simulator: " + _unknown_key_message(str(key), valid))
-    if "seed" in value and not _is_int(value["seed"]):
-        errors.append(f"simulator.seed: must be an integer, got {_describe(value['seed'])}")
+    if "seed" in value and not (_is_int(value["seed"]) and value["seed"] >= 0):
+        errors.append(f"simulator.seed: must be an integer ≥ 0, got {_describe(value['seed'])}")
     if "amp_data_shape" in value:
         shape = value["amp_data_shape"]
         if shape is not None and not (
@@ -304,6 +402,84 @@ def _check_simulator(value: Any, errors: list[str]) -> None:
         errors.append(
             f"simulator.bias_level_adu: must be a number (ADU), got {_describe(value['bias_level_adu'])}"
         )
+    for key, (low, high, unit) in _SIMULATOR_NUMBER_RANGES.items():
+        if key not in value:
+            continue
+        number = value[key]
+        if not _is_number(number) or number < low or (high is not None and number > high):
+            bounds = f"between {low:g} and {high:g}" if high is not None else f"≥ {low:g}"
+            errors.append(f"simulator.{key}: must be a number {bounds} ({unit}), got {_describe(number)}")
+    if "faults" in value:
+        faults = value["faults"]
+        if not isinstance(faults, list):
+            errors.append(
+                f"simulator.faults: must be a list of faults (mappings with a kind), got {_describe(faults)}"
+            )
+        else:
+            for index, fault in enumerate(faults):
+                _check_fault(f"simulator.faults[{index}]", fault, errors)
+
+
+def _check_fault(where: str, fault: Any, errors: list[str]) -> None:
+    """Check one ``simulator.faults`` entry; ``where`` names it in the messages."""
+    kinds = ", ".join(FAULT_KINDS)
+    if not isinstance(fault, Mapping):
+        errors.append(f"{where}: must be a mapping with a kind ({kinds}), got {_describe(fault)}")
+        return
+    kind = fault.get("kind")
+    if kind is None:
+        errors.append(f"{where}.kind: required; valid kinds are: {kinds}")
+        return
+    if kind not in FAULT_KINDS:
+        errors.append(f"{where}.kind: unknown fault kind {_describe(kind)}; valid kinds are: {kinds}")
+        return
+    valid = [*_FAULT_COMMON_KEYS, *_FAULT_KIND_KEYS[kind]]
+    other_kinds = {k for keys in _FAULT_KIND_KEYS.values() for k in keys}
+    for key in fault:
+        if key in valid:
+            continue
+        if key in other_kinds:
+            errors.append(f"{where}.{key}: not used by a {kind} fault; valid keys are: {', '.join(valid)}")
+        else:
+            errors.append(f"{where}: " + _unknown_key_message(str(key), valid))
+    image_type = fault.get("image_type")
+    if image_type is not None:
+        if image_type not in IMAGE_TYPES:
+            errors.append(
+                f"{where}.image_type: unknown image type {_describe(image_type)}; "
+                f"valid values are: {', '.join(IMAGE_TYPES)} or null (all)"
+            )
+        elif kind == "dark_ramp" and image_type != "DARK":
+            errors.append(f"{where}.image_type: a dark_ramp only applies to DARK frames, got {image_type!r}")
+    exposures = fault.get("exposures")
+    if exposures is not None and not (
+        isinstance(exposures, list) and all(_is_int(v) and v >= 0 for v in exposures)
+    ):
+        errors.append(
+            f"{where}.exposures: must be a list of frame indices (integers ≥ 0) or null (all frames), "
+            f"got {_describe(exposures)}"
+        )
+    for key, strict in (("level_e", False), ("factor", True), ("step_e_per_s", False)):
+        if key in fault and key in valid:
+            number = fault[key]
+            if not _is_number(number) or number < 0 or (strict and number == 0):
+                relation = ">" if strict else "≥"
+                errors.append(f"{where}.{key}: must be a number {relation} 0, got {_describe(number)}")
+    if "amplifiers" in fault and "amplifiers" in valid:
+        amps = fault["amplifiers"]
+        names = [name for name, *_ in amplifier_layout()]
+        if amps != "all" and not (isinstance(amps, list) and amps and all(isinstance(a, str) for a in amps)):
+            errors.append(
+                f'{where}.amplifiers: must be "all" or a non-empty list of amplifier names, '
+                f"got {_describe(amps)}"
+            )
+        elif isinstance(amps, list):
+            unknown = [a for a in amps if a not in names]
+            if unknown:
+                errors.append(
+                    f"{where}.amplifiers: unknown amplifier {unknown[0]!r}; "
+                    f"valid names are: {', '.join(names)}"
+                )
 
 
 def _check_test_case(value: Any, errors: list[str]) -> None:
