@@ -1,36 +1,63 @@
 """Verifying a calibration against frames of its type, as cp_verify does. No Kafka here.
 
-Each raw is processed with the proposed calibration applied, and the residual is measured per
-amplifier (DMTN-101). Per-(exposure, detector) statistics are stored as they are computed, so a
-redelivered request skips the ones that exist; the run-level statistics (cp_verify's structure)
-and the per-amplifier results table are stored at the end.
+Each raw is processed with the proposed calibration applied (and its prerequisites), and the
+residual (bias, dark) or flat-fielded frame (flat) is measured per amplifier (DMTN-101).
+Per-(exposure, detector) statistics are stored as they are computed, so a redelivered request
+skips what exists; the run-level statistics (cp_verify's structure), the per-amplifier results
+table and the decision are stored at the end.
+
+Internal verification (``generate_calibrations: true``) uses this run's calibration and the
+prerequisites it was built with; external verification uses the calibrations certified for each
+exposure's time in ``input_collections_verify_<type>``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from astropy.table import Table
 from lsst.daf.butler import Butler
 
-from services.generator.generation import detector_for_raw, load_raw
+from services.generator.generation import detector_for_raw, load_calibration, load_raw
+from services.generator.readiness import CalibSource
 from services.verifier.decision import VerificationDecision, decide
 from services.verifier.statistics import (
-    bias_amp_statistics,
+    amp_statistics,
     detector_verification,
+    flat_amp_statistics,
+    flat_detector_statistics,
+    flat_exposure_verification,
     merge_run,
     results_rows,
-    verify_bias_amplifiers,
+    verify_amplifiers,
+    verify_flat_amplifiers,
+    verify_flat_detector,
 )
 from shared.butler import datasets
 from shared.images import CalibImage
 from shared.instruments import Instrument
-from shared.isr import IsrConfig, run_isr
+from shared.isr import run_isr
 from shared.runstate import find_record, put_record, type_collection
 
-__all__ = ["VerificationOutcome", "verify_bias"]
+__all__ = ["VERIFIED_TYPES", "VerificationOutcome", "VerificationRequest", "verify_calibration"]
+
+VERIFIED_TYPES = ("bias", "dark", "flat")
+_APPLIED = {"bias": ("bias",), "dark": ("bias", "dark"), "flat": ("bias", "dark", "flat")}
+
+
+@dataclass(frozen=True)
+class VerificationRequest:
+    instrument: Instrument
+    run_id: str
+    calib_type: str
+    exposures: tuple[int, ...]
+    detectors: tuple[int, ...]
+    threshold: int
+    physical_filter: str | None
+    sources: Mapping[str, CalibSource] = field(default_factory=dict)
+    """Where each applied calibration (the candidate and its prerequisites) comes from."""
 
 
 @dataclass(frozen=True)
@@ -38,77 +65,71 @@ class VerificationOutcome:
     run_stats: dict[Any, Any]
     decision: VerificationDecision
     test_counts: dict[tuple[str, bool], int]
-    """(test name, passed) → number of amplifier-level outcomes."""
+    """(test name, passed) → number of outcomes (amplifier, detector and exposure level)."""
     stats_collection: str
 
 
-def _reference_bias(
-    butler: Butler,
-    instrument: str,
-    detector: int,
-    exposure: int,
-    generated_collection: str | None,
-    reference_collections: Sequence[str],
-) -> CalibImage:
-    if generated_collection is not None:
-        bias = butler.get(
-            datasets.BIAS, instrument=instrument, detector=detector, collections=[generated_collection]
-        )
-    else:
-        # External verification: the bias certified for the time of this exposure.
-        try:
-            bias = butler.get(
-                datasets.BIAS,
-                instrument=instrument,
-                detector=detector,
-                exposure=exposure,
-                collections=list(reference_collections),
-            )
-        except Exception as exc:
-            raise LookupError(
-                f"no certified bias for {instrument} detector {detector} valid at exposure {exposure} "
-                f"in {', '.join(reference_collections)}: {exc}"
-            ) from exc
-    assert isinstance(bias, CalibImage)
-    return bias
-
-
-def _count_tests(det_results: Mapping[int, Mapping[str, dict[str, Any]]]) -> dict[tuple[str, bool], int]:
+def _count_tests(
+    det_results: Mapping[int, Mapping[str, Mapping[str, Any]]],
+    exposure_results: Mapping[int, Mapping[str, Any]],
+) -> dict[tuple[str, bool], int]:
     counts: dict[tuple[str, bool], int] = {}
+
+    def add(tests: Mapping[str, Any]) -> None:
+        for test, passed in tests.items():
+            if test != "SUCCESS":
+                key = (test, bool(passed))
+                counts[key] = counts.get(key, 0) + 1
+
     for per_detector in det_results.values():
         for result in per_detector.values():
             for amp_tests in result["VERIFY"]["AMP"].values():
-                for test, passed in amp_tests.items():
-                    if test == "SUCCESS":
-                        continue
-                    key = (test, bool(passed))
-                    counts[key] = counts.get(key, 0) + 1
+                add(amp_tests)
+            add(result["VERIFY"].get("DET", {}))
+    for result in exposure_results.values():
+        add(result.get("VERIFY", {}))
     return counts
 
 
-def verify_bias(
-    butler: Butler,
-    instrument: Instrument,
-    run_id: str,
-    exposures: Sequence[int],
-    detectors: Sequence[int],
-    *,
-    threshold: int,
-    generated_collection: str | None,
-    reference_collections: Sequence[str] = (),
-) -> VerificationOutcome:
-    """Verify the bias of a run (or the certified one, for external verification) on its frames."""
-    name = instrument.name
-    collection = type_collection(name, run_id, "bias")
+def _measure(
+    calib_type: str,
+    applied: Mapping[str, CalibImage],
+    raw: Any,
+    geometry: Any,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+    result = run_isr(
+        raw, geometry, bias=applied.get("bias"), dark=applied.get("dark"), flat=applied.get("flat")
+    )
+    boxes = result.amp_boxes
+    if calib_type == "flat":
+        stats = flat_amp_statistics(result.image, boxes)
+        verify = verify_flat_amplifiers(stats, {a.name: a.read_noise for a in geometry.amplifiers})
+        det_stats = flat_detector_statistics(stats)
+        return stats, verify, det_stats, verify_flat_detector(det_stats)
+    stats = amp_statistics(result.image, boxes, overscan_noise_adu=result.overscan_noise_adu)
+    verify = verify_amplifiers(
+        stats,
+        {a.name: a.read_noise for a in geometry.amplifiers},
+        {a.name: a.gain for a in geometry.amplifiers},
+    )
+    return stats, verify, None, None
+
+
+def verify_calibration(butler: Butler, request: VerificationRequest) -> VerificationOutcome:
+    """Verify one calibration type of a run on its kept frames and decide."""
+    name = request.instrument.name
+    calib_type = request.calib_type
+    collection = type_collection(name, request.run_id, calib_type)
     butler.collections.register(collection)
+    det_type = datasets.verify_det_stats(calib_type)
     det_results: dict[int, dict[str, dict[str, Any]]] = {}
-    bias_cache: dict[int, CalibImage] = {}
-    for exposure in exposures:
+    run_calibs: dict[tuple[str, int], CalibImage] = {}
+    for exposure in request.exposures:
         det_results[exposure] = {}
-        for detector_id in detectors:
-            geometry = instrument.detector(detector_id)
+        for detector_id in request.detectors:
+            detector_name = request.instrument.detector(detector_id).name
             existing = butler.query_datasets(
-                datasets.verify_det_stats("bias"),
+                det_type,
                 collections=[collection],
                 instrument=name,
                 exposure=exposure,
@@ -116,43 +137,68 @@ def verify_bias(
                 explain=False,
             )
             if existing:
-                det_results[exposure][geometry.name] = butler.get(existing[0])
+                det_results[exposure][detector_name] = butler.get(existing[0])
                 continue
             raw = load_raw(butler, name, exposure, detector_id)
-            geometry = detector_for_raw(instrument, raw)
-            if generated_collection is not None and detector_id in bias_cache:
-                bias = bias_cache[detector_id]
-            else:
-                bias = _reference_bias(
-                    butler, name, detector_id, exposure, generated_collection, reference_collections
-                )
-                if generated_collection is not None:
-                    bias_cache[detector_id] = bias
-            residual = run_isr(raw, geometry, config=IsrConfig(), bias=bias)
-            amp_stats = bias_amp_statistics(residual.image, residual.amp_boxes)
-            read_noise = {amp.name: amp.read_noise for amp in geometry.amplifiers}
-            amp_verify = verify_bias_amplifiers(amp_stats, read_noise)
-            result = detector_verification(exposure, geometry.name, amp_stats, amp_verify)
-            butler.put(
-                result,
-                datasets.verify_det_stats("bias"),
-                instrument=name,
-                exposure=exposure,
-                detector=detector_id,
-                run=collection,
+            geometry = detector_for_raw(request.instrument, raw)
+            applied: dict[str, CalibImage] = {}
+            for applied_type in _APPLIED[calib_type]:
+                source = request.sources[applied_type]
+                key = (applied_type, detector_id)
+                if source.kind == "run" and key in run_calibs:
+                    applied[applied_type] = run_calibs[key]
+                    continue
+                calib = load_calibration(butler, source, name, detector_id, exposure, request.physical_filter)
+                if source.kind == "run":
+                    run_calibs[key] = calib
+                applied[applied_type] = calib
+            amp_stats, amp_verify, det_stats, det_verify = _measure(calib_type, applied, raw, geometry)
+            result = detector_verification(
+                exposure, geometry.name, amp_stats, amp_verify, det_stats=det_stats, det_verify=det_verify
             )
-            det_results[exposure][geometry.name] = result
-    run_stats = merge_run(det_results)
-    decision = decide(run_stats, threshold=threshold, n_detectors=len(detectors))
-    document = dict(run_stats)
-    put_record(butler, document, datasets.verify_stats("bias"), name, collection)
-    if find_record(butler, datasets.verify_results("bias"), name, collection) is None:
-        put_record(
-            butler, Table(rows=results_rows(det_results)), datasets.verify_results("bias"), name, collection
-        )
+            butler.put(
+                result, det_type, instrument=name, exposure=exposure, detector=detector_id, run=collection
+            )
+            det_results[exposure][detector_name] = result
+    exposure_results: dict[int, dict[str, Any]] = {}
+    if calib_type == "flat":
+        for exposure, per_detector in det_results.items():
+            means = {det: float(r["DET"]["MEAN"]) for det, r in per_detector.items() if "DET" in r}
+            exposure_results[exposure] = flat_exposure_verification(means)
+    run_stats = merge_run(det_results, exposure_results or None)
+    decision = decide(run_stats, threshold=request.threshold, n_detectors=len(request.detectors))
+    put_record(butler, dict(run_stats), datasets.verify_stats(calib_type), name, collection)
+    if find_record(butler, datasets.verify_results(calib_type), name, collection) is None:
+        rows = results_rows(det_results, calib_type.upper(), exposure_results or None)
+        put_record(butler, Table(rows=rows), datasets.verify_results(calib_type), name, collection)
     return VerificationOutcome(
         run_stats=run_stats,
         decision=decision,
-        test_counts=_count_tests(det_results),
+        test_counts=_count_tests(det_results, exposure_results),
         stats_collection=collection,
     )
+
+
+def sources_for(
+    calib_type: str,
+    *,
+    generated_collection: str | None,
+    prerequisite_sources: Mapping[str, Sequence[str]],
+    reference_collections: Sequence[str],
+) -> dict[str, CalibSource]:
+    """Where the verifier takes each applied calibration from.
+
+    Internal: the candidate from the run's collection, its prerequisites from where the generator
+    took them. External: all of them certified in ``reference_collections``, valid at each exposure.
+    """
+    sources: dict[str, CalibSource] = {}
+    for applied in _APPLIED[calib_type]:
+        if generated_collection is None:
+            sources[applied] = CalibSource(applied, "certified", tuple(reference_collections))
+        elif applied == calib_type:
+            sources[applied] = CalibSource(applied, "run", (generated_collection,))
+        else:
+            collections = tuple(prerequisite_sources.get(applied, ()))
+            kind = "run" if len(collections) == 1 and "/runs/" in collections[0] else "certified"
+            sources[applied] = CalibSource(applied, kind, collections)  # type: ignore[arg-type]
+    return sources
