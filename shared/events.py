@@ -100,6 +100,13 @@ class CalibGenerated(Event):
         default_factory=list, description="Collections searched for the calibration to verify against."
     )
     dataset_ids: dict[str, str] = Field(default_factory=dict, description="Detector → dataset id.")
+    sources: dict[str, list[str]] = Field(
+        default_factory=dict, description="Prerequisite calibration type → collections it was taken from."
+    )
+    products: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per-detector results reported rather than certified, e.g. gain per amplifier (GAIN).",
+    )
     outcome: Outcome = "ok"
     reason: str | None = None
     duration_s: float | None = None

@@ -16,6 +16,7 @@ from shared.butler.repo import run_collection
 from shared.runconfig import RunConfiguration, validate_run_configuration
 
 __all__ = [
+    "expected_calib_types",
     "find_record",
     "load_run_config",
     "put_record",
@@ -53,3 +54,14 @@ def load_run_config(butler: Butler, instrument: str, run_id: str) -> RunConfigur
     if ref is None:
         raise LookupError(f"run {run_id} has no stored configuration in {run_collection(instrument, run_id)}")
     return validate_run_configuration(butler.get(ref))
+
+
+def expected_calib_types(config: RunConfiguration) -> list[str]:
+    """The calibration types a run ends with an outcome for.
+
+    With external verification (``generate_calibrations: false``) nothing is generated, so only
+    the image types are verified; defects, PTC and gains need generated products.
+    """
+    if config.generate_calibrations:
+        return list(config.calib_types)
+    return [t.lower() for t in config.image_types]

@@ -22,7 +22,7 @@ from services.certifier.certification import (
 from shared.butler import datasets
 from shared.butler.repo import open_butler
 from shared.events import CalibCertified, CalibVerified, RunState
-from shared.runstate import load_run_config
+from shared.runstate import expected_calib_types, load_run_config
 from shared.service import ServiceContext, create_service
 
 NAME = "certifier"
@@ -89,8 +89,19 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
         elif not event.generated:
             outcome.success = True
             outcome.stage = "verify"
-            outcome.summary = f"{calib_type} frames passed external verification; nothing to certify"
+            outcome.summary = (
+                f"{calib_type} frames passed external verification; nothing to certify"
+                if event.verdict == "PASSED"
+                else f"{calib_type}: nothing generated or verified"
+            )
             certified_event = CalibCertified(**base, certified=False, reason="external verification")
+        elif calib_type == "gain":
+            outcome.success = True
+            outcome.stage = "generate"
+            outcome.summary = "gains from flat pairs reported per amplifier; gains are never certified"
+            certified_event = CalibCertified(
+                **base, certified=False, reason="gains are reported, not certified"
+            )
         else:
             outcome.stage = "certify"
             begin, end = config.certify_timespan_bounds
@@ -149,7 +160,7 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
 
         outcomes = await ctx.run_blocking(
             "certify",
-            lambda: run_outcome(butler(), event.instrument, event.run_id, config.calib_types),
+            lambda: run_outcome(butler(), event.instrument, event.run_id, expected_calib_types(config)),
             run_id=event.run_id,
         )
         if outcomes is None:

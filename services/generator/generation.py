@@ -1,26 +1,61 @@
-"""Building a run's combined calibrations. No Kafka here.
+"""Building a run's calibrations: combined bias, dark and flat; defects; PTC; gains. No Kafka here.
 
-"Build type T for run R" is one idempotent function: it looks in the butler for what is
-already built and builds only the detectors that are missing.
+"Build type T for run R" is one idempotent function per type: it looks in the butler for what is
+already built and builds only the detectors that are missing. Prerequisite calibrations come
+from the sources that `services.generator.readiness` resolved (this run's, or certified ones).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
+import numpy as np
 from astropy.io import fits
 from lsst.daf.butler import Butler
 
 from services.generator.combine import combine_clipped_mean, provenance_header, qa_percentiles
+from services.generator.readiness import CalibSource
 from shared.butler import datasets
 from shared.butler.repo import raw_collection
-from shared.images import CalibImage, RawDetectorImage
+from shared.images import CalibImage, MaskPlane, RawDetectorImage
 from shared.instruments import Detector, Instrument
 from shared.isr import IsrConfig, run_isr
+from shared.runconfig import RunConfiguration
 from shared.runstate import type_collection
+from shared.stats import clipped_stats
 
-__all__ = ["detector_for_raw", "generate_bias", "load_raw"]
+__all__ = [
+    "BUILDERS",
+    "BuildRequest",
+    "BuildResult",
+    "detector_for_raw",
+    "flat_scales",
+    "load_calibration",
+    "load_raw",
+]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """Everything a builder needs."""
+
+    instrument: Instrument
+    config: RunConfiguration
+    run_id: str
+    exposures: tuple[int, ...]
+    detectors: tuple[int, ...]
+    physical_filter: str
+    sources: Mapping[str, CalibSource] = field(default_factory=dict)
+
+
+@dataclass
+class BuildResult:
+    dataset_ids: dict[int, str] = field(default_factory=dict)
+    products: dict[str, Any] = field(default_factory=dict)
+    """Per detector results that are reported rather than stored as calibrations (gains)."""
 
 
 def detector_for_raw(instrument: Instrument, raw: RawDetectorImage) -> Detector:
@@ -47,20 +82,376 @@ def load_raw(butler: Butler, instrument: str, exposure: int, detector: int) -> R
     return raw
 
 
+def load_calibration(
+    butler: Butler,
+    source: CalibSource,
+    instrument: str,
+    detector: int,
+    exposure: int,
+    physical_filter: str | None = None,
+) -> CalibImage:
+    """A prerequisite calibration for ``detector``: this run's, or the one certified for ``exposure``."""
+    data_id: dict[str, Any] = {"instrument": instrument, "detector": detector}
+    if source.calib_type == "flat" and physical_filter is not None:
+        data_id["physical_filter"] = physical_filter
+    if source.kind == "certified":
+        data_id["exposure"] = exposure
+        data_id.pop("physical_filter", None)
+    try:
+        calib = butler.get(source.calib_type, data_id, collections=list(source.collections))
+    except Exception as exc:
+        where = ", ".join(source.collections)
+        raise LookupError(
+            f"no {source.calib_type} for {instrument} detector {detector}"
+            + (f" valid at exposure {exposure}" if source.kind == "certified" else "")
+            + f" in {where}: {type(exc).__name__}"
+        ) from exc
+    assert isinstance(calib, CalibImage)
+    return calib
+
+
 def _calib_header(
-    calib_type: str, instrument: Instrument, detector: Detector, run_id: str, first: RawDetectorImage
+    calib_type: str, request: BuildRequest, detector: Detector, first: RawDetectorImage
 ) -> dict[str, object]:
     return {
-        "INSTRUME": instrument.name,
+        "INSTRUME": request.instrument.name,
         "DETECTOR": detector.id,
         "DETNAME": detector.name,
         "DETSER": detector.serial,
         "OBSTYPE": calib_type,
         "CALIBDATE": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "BUNIT": "electron",
-        "CPFRUNID": run_id,
-        "FILTER": str(first.header.get("FILTER", "")),
+        "BUNIT": {"bias": "electron", "dark": "electron/s", "flat": ""}.get(calib_type, ""),
+        "CPFRUNID": request.run_id,
+        "FILTER": request.physical_filter,
+        "DARKTIME": 1.0 if calib_type == "dark" else 0.0,
+        "EXPTIME": 0.0 if calib_type == "bias" else 1.0,
     }
+
+
+def _existing(
+    butler: Butler, dataset_type: str, collection: str, instrument: str, detector: int
+) -> str | None:
+    refs = butler.query_datasets(
+        dataset_type, collections=[collection], instrument=instrument, detector=detector, explain=False
+    )
+    return str(refs[0].id) if refs else None
+
+
+def _isr_inputs(
+    butler: Butler, request: BuildRequest, detector_id: int, *, isr_config: IsrConfig | None = None
+) -> Iterator[tuple[int, RawDetectorImage, Detector, Any]]:
+    """ISR of each input exposure of one detector, with this type's prerequisite calibrations."""
+    name = request.instrument.name
+    calibs: dict[str, CalibImage] = {}
+    for exposure in request.exposures:
+        raw = load_raw(butler, name, exposure, detector_id)
+        geometry = detector_for_raw(request.instrument, raw)
+        for calib_type, source in request.sources.items():
+            if calib_type not in calibs or source.kind == "certified":
+                calibs[calib_type] = load_calibration(
+                    butler, source, name, detector_id, exposure, request.physical_filter
+                )
+        result = run_isr(
+            raw,
+            geometry,
+            config=isr_config,
+            bias=calibs.get("bias"),
+            dark=calibs.get("dark"),
+        )
+        yield exposure, raw, geometry, result
+
+
+def _mask_cosmic_rays(image: CalibImage, amp_boxes: Mapping[str, tuple[slice, slice]]) -> None:
+    """Flag cosmic rays on a dark input (CR mask plane) so the combine rejects them."""
+    from services.verifier.cosmic_rays import TooManyCosmicRays, find_and_repair
+
+    for box in amp_boxes.values():
+        data = image.image[box]
+        stats = clipped_stats(data, n_sigma=3.0, n_iter=3)
+        try:
+            _repaired, cr_mask, _n = find_and_repair(data, image.mask[box], stats.stdev)
+        except TooManyCosmicRays:
+            continue
+        image.mask[box][cr_mask] |= int(MaskPlane.CR)
+
+
+def _combine_and_put(
+    butler: Butler,
+    request: BuildRequest,
+    calib_type: str,
+    detector_id: int,
+    geometry: Detector,
+    first: RawDetectorImage,
+    images: list[CalibImage],
+    inputs: list[dict[str, object]],
+    amp_boxes: Mapping[str, tuple[slice, slice]],
+    reject_mask: int,
+) -> str:
+    scales = [float(i["scale"]) for i in inputs]  # type: ignore[arg-type]
+    combined = combine_clipped_mean(images, scales=scales, reject_mask=reject_mask)
+    image = combined.image
+    header = provenance_header(inputs, calib_type, len(images))
+    for key, value in _calib_header(calib_type, request, geometry, first).items():
+        header[key] = value
+    for key, value in qa_percentiles(image, amp_boxes, calib_type).items():
+        header[f"HIERARCH {key}"] = value
+    image.header = fits.Header(header)
+    data_id: dict[str, Any] = {"instrument": request.instrument.name, "detector": detector_id}
+    if calib_type == "flat":
+        data_id["physical_filter"] = request.physical_filter
+    collection = type_collection(request.instrument.name, request.run_id, calib_type)
+    ref = butler.put(image, calib_type, data_id, run=collection)
+    return str(ref.id)
+
+
+def _input_record(exposure: int, raw: RawDetectorImage, scale: float) -> dict[str, object]:
+    return {
+        "exposure": exposure,
+        "date": str(raw.header.get("DATE-BEG", "")),
+        "exposure_time": raw.exposure_time,
+        "scale": scale,
+    }
+
+
+def build_bias(butler: Butler, request: BuildRequest) -> BuildResult:
+    """Combined bias: per-pixel clipped mean of the ISR-processed biases (electrons)."""
+    return _build_combined(butler, request, "bias")
+
+
+def build_dark(butler: Butler, request: BuildRequest) -> BuildResult:
+    """Combined dark in e⁻/s: bias-subtracted darks scaled by dark time, cosmic rays rejected."""
+    return _build_combined(butler, request, "dark")
+
+
+def _build_combined(butler: Butler, request: BuildRequest, calib_type: str) -> BuildResult:
+    name = request.instrument.name
+    collection = type_collection(name, request.run_id, calib_type)
+    butler.collections.register(collection)
+    result = BuildResult()
+    reject = int(MaskPlane.SAT | MaskPlane.DETECTED | MaskPlane.INTRP)
+    if calib_type == "dark":
+        reject |= int(MaskPlane.CR)
+    for detector_id in request.detectors:
+        existing = _existing(butler, calib_type, collection, name, detector_id)
+        if existing is not None:
+            result.dataset_ids[detector_id] = existing
+            continue
+        images: list[CalibImage] = []
+        inputs: list[dict[str, object]] = []
+        first = geometry = None
+        amp_boxes: Mapping[str, tuple[slice, slice]] = {}
+        for exposure, raw, det, isr in _isr_inputs(butler, request, detector_id):
+            first, geometry, amp_boxes = first or raw, geometry or det, isr.amp_boxes
+            scale = raw.dark_time if calib_type == "dark" else 1.0
+            if calib_type == "dark":
+                _mask_cosmic_rays(isr.image, amp_boxes)
+            images.append(isr.image)
+            inputs.append(_input_record(exposure, raw, scale))
+        assert first is not None and geometry is not None
+        result.dataset_ids[detector_id] = _combine_and_put(
+            butler, request, calib_type, detector_id, geometry, first, images, inputs, amp_boxes, reject
+        )
+    return result
+
+
+def flat_scales(means: Mapping[tuple[int, int], float], n_iter: int = 10) -> dict[tuple[int, int], float]:
+    """Scale of each (detector, exposure) flat input.
+
+    One detector: each input is divided by its own clipped mean (the flat's mean is 1). Several
+    detectors: the focal-plane normalisation B[d, e] ≈ G[d]·E[e] solved in log space, with G
+    normalised to mean 1; each input is divided by its exposure's E, so the combined flats keep
+    the detectors' relative responses.
+    """
+    detectors = sorted({d for d, _ in means})
+    exposures = sorted({e for _, e in means})
+    if len(detectors) == 1:
+        return dict(means)
+    log_b = np.full((len(detectors), len(exposures)), np.nan)
+    for (d, e), value in means.items():
+        if value > 0 and np.isfinite(value):
+            log_b[detectors.index(d), exposures.index(e)] = np.log(value)
+    good = np.isfinite(log_b)
+    log_g = np.zeros(len(detectors))
+    log_e = np.zeros(len(exposures))
+    for _ in range(n_iter):
+        log_e = np.array(
+            [
+                np.mean((log_b[:, j] - log_g)[good[:, j]]) if good[:, j].any() else 0.0
+                for j in range(len(exposures))
+            ]
+        )
+        log_g = np.array(
+            [
+                np.mean((log_b[i, :] - log_e)[good[i, :]]) if good[i, :].any() else 0.0
+                for i in range(len(detectors))
+            ]
+        )
+        log_g -= np.log(np.mean(np.exp(log_g)))
+    return {(d, e): float(np.exp(log_e[exposures.index(e)])) for d, e in means}
+
+
+def build_flat(butler: Butler, request: BuildRequest) -> BuildResult:
+    """Combined flat: bias- and dark-corrected flats, each divided by its normalisation, combined."""
+    name = request.instrument.name
+    collection = type_collection(name, request.run_id, "flat")
+    butler.collections.register(collection)
+    result = BuildResult()
+    missing = []
+    for detector_id in request.detectors:
+        existing = _existing(butler, datasets.FLAT, collection, name, detector_id)
+        if existing is not None:
+            result.dataset_ids[detector_id] = existing
+        else:
+            missing.append(detector_id)
+    if not missing:
+        return result
+    # Pass 1: the clipped mean of every input of every detector (the focal-plane normalisation
+    # needs all of them before any detector can be combined).
+    means: dict[tuple[int, int], float] = {}
+    for detector_id in request.detectors:
+        for exposure, _raw, _det, isr in _isr_inputs(butler, request, detector_id):
+            good = isr.image.mask == 0
+            means[(detector_id, exposure)] = clipped_stats(isr.image.image[good], 3.0, 3).mean
+    scales = flat_scales(means)
+    # Pass 2: ISR again, one detector at a time, and combine (memory: one detector's inputs).
+    for detector_id in missing:
+        images: list[CalibImage] = []
+        inputs: list[dict[str, object]] = []
+        first = geometry = None
+        amp_boxes: Mapping[str, tuple[slice, slice]] = {}
+        for exposure, raw, det, isr in _isr_inputs(butler, request, detector_id):
+            first, geometry, amp_boxes = first or raw, geometry or det, isr.amp_boxes
+            images.append(isr.image)
+            inputs.append(_input_record(exposure, raw, scales[(detector_id, exposure)]))
+        assert first is not None and geometry is not None
+        result.dataset_ids[detector_id] = _combine_and_put(
+            butler,
+            request,
+            "flat",
+            detector_id,
+            geometry,
+            first,
+            images,
+            inputs,
+            amp_boxes,
+            int(MaskPlane.SAT | MaskPlane.DETECTED | MaskPlane.INTRP),
+        )
+    return result
+
+
+def build_defects(butler: Butler, request: BuildRequest) -> BuildResult:
+    """Defects from this run's combined dark (hot pixels) and flat (cold pixels), merged."""
+    from services.generator.defects import find_defects
+
+    name = request.instrument.name
+    collection = type_collection(name, request.run_id, "defects")
+    butler.collections.register(collection)
+    result = BuildResult()
+    exposure = request.exposures[0]
+    for detector_id in request.detectors:
+        existing = _existing(butler, datasets.DEFECTS, collection, name, detector_id)
+        if existing is not None:
+            result.dataset_ids[detector_id] = existing
+            continue
+        dark = load_calibration(butler, request.sources["dark"], name, detector_id, exposure)
+        flat = load_calibration(
+            butler, request.sources["flat"], name, detector_id, exposure, request.physical_filter
+        )
+        raw = load_raw(butler, name, exposure, detector_id)
+        geometry = detector_for_raw(request.instrument, raw)
+        amp_boxes = {a.name: a.detector_slice for a in geometry.amplifiers}
+        defects = find_defects(dark=dark, flat=flat, amp_boxes=amp_boxes)
+        table = defects.to_table()
+        table.meta.update(
+            {"INSTRUME": name, "DETECTOR": detector_id, "DETNAME": geometry.name, "CPFRUNID": request.run_id}
+        )
+        ref = butler.put(table, datasets.DEFECTS, instrument=name, detector=detector_id, run=collection)
+        result.dataset_ids[detector_id] = str(ref.id)
+        result.products[str(detector_id)] = {"n_boxes": len(defects.boxes)}
+    return result
+
+
+def _ptc_measurements(
+    butler: Butler, request: BuildRequest, detector_id: int
+) -> tuple[dict[str, list[Any]], Detector]:
+    """Flat pairs of one detector (matched by exposure time), ISR'd in ADU, measured per amplifier."""
+    from services.generator.ptc import extract_pair, pair_exposures
+
+    name = request.instrument.name
+    times = []
+    for exposure in request.exposures:
+        raw = load_raw(butler, name, exposure, detector_id)
+        times.append((exposure, raw.exposure_time))
+    pairs = pair_exposures(times)
+    measurements: dict[str, list[Any]] = {}
+    geometry: Detector | None = None
+    isr_config = IsrConfig(apply_gains=False)
+    for first_id, second_id in pairs:
+        images = []
+        for exposure in (first_id, second_id):
+            raw = load_raw(butler, name, exposure, detector_id)
+            geometry = detector_for_raw(request.instrument, raw)
+            # PTC inputs stay in ADU: overscan and trim only (the bias level is removed by the
+            # overscan and cancels in the pair difference).
+            images.append(run_isr(raw, geometry, config=isr_config))
+        per_amp = extract_pair(images[0].image, images[1].image, images[0].amp_boxes)
+        for amp, measurement in per_amp.items():
+            measurements.setdefault(amp, []).append(measurement)
+    if geometry is None:
+        raise ValueError(
+            f"no flat pairs with equal exposure times among {len(times)} flats; PTC and gain need pairs"
+        )
+    return measurements, geometry
+
+
+def build_ptc(butler: Butler, request: BuildRequest) -> BuildResult:
+    """Photon transfer curve per amplifier from flat pairs (exponential approximation)."""
+    from services.generator.ptc import ptc_table, solve_ptc
+
+    name = request.instrument.name
+    collection = type_collection(name, request.run_id, "ptc")
+    butler.collections.register(collection)
+    result = BuildResult()
+    for detector_id in request.detectors:
+        existing = _existing(butler, datasets.PTC, collection, name, detector_id)
+        if existing is not None:
+            result.dataset_ids[detector_id] = existing
+            continue
+        measurements, geometry = _ptc_measurements(butler, request, detector_id)
+        solved = solve_ptc(measurements)
+        table = ptc_table(solved, measurements)
+        table.meta.update(
+            {"INSTRUME": name, "DETECTOR": detector_id, "DETNAME": geometry.name, "CPFRUNID": request.run_id}
+        )
+        ref = butler.put(table, datasets.PTC, instrument=name, detector=detector_id, run=collection)
+        result.dataset_ids[detector_id] = str(ref.id)
+        result.products[str(detector_id)] = {
+            amp: {"gain": float(p.gain), "noise": float(p.noise), "turnoff_e": float(p.turnoff_e)}
+            for amp, p in solved.items()
+        }
+    return result
+
+
+def build_gain(butler: Butler, request: BuildRequest) -> BuildResult:
+    """Gains from flat pairs (the reference's GAIN mode): reported, never certified."""
+    from services.generator.ptc import gain_from_flat_pairs
+
+    result = BuildResult()
+    for detector_id in request.detectors:
+        measurements, _geometry = _ptc_measurements(butler, request, detector_id)
+        gains = gain_from_flat_pairs(measurements)
+        result.products[str(detector_id)] = {amp: round(float(g), 5) for amp, g in gains.items()}
+    return result
+
+
+BUILDERS: dict[str, Callable[[Butler, BuildRequest], BuildResult]] = {
+    "bias": build_bias,
+    "dark": build_dark,
+    "flat": build_flat,
+    "defects": build_defects,
+    "ptc": build_ptc,
+    "gain": build_gain,
+}
 
 
 def generate_bias(
@@ -69,59 +460,10 @@ def generate_bias(
     run_id: str,
     exposures: Sequence[int],
     detectors: Sequence[int],
+    config: RunConfiguration,
 ) -> dict[int, str]:
-    """Build the combined bias of every detector that does not have one yet.
-
-    Returns
-    -------
-    dataset_ids : `dict` [`int`, `str`]
-        Detector id → dataset id of its bias in the run's ``bias`` collection.
-    """
-    collection = type_collection(instrument.name, run_id, "bias")
-    butler.collections.register(collection)
-    out: dict[int, str] = {}
-    for detector_id in detectors:
-        existing = butler.query_datasets(
-            datasets.BIAS,
-            collections=[collection],
-            instrument=instrument.name,
-            detector=detector_id,
-            explain=False,
-        )
-        if existing:
-            out[detector_id] = str(existing[0].id)
-            continue
-        images: list[CalibImage] = []
-        inputs: list[dict[str, object]] = []
-        geometry: Detector | None = None
-        amp_boxes: dict[str, tuple[slice, slice]] = {}
-        first: RawDetectorImage | None = None
-        for exposure in exposures:
-            raw = load_raw(butler, instrument.name, exposure, detector_id)
-            first = first or raw
-            geometry = geometry or detector_for_raw(instrument, raw)
-            result = run_isr(raw, geometry, config=IsrConfig())
-            amp_boxes = result.amp_boxes
-            images.append(result.image)
-            inputs.append(
-                {
-                    "exposure": exposure,
-                    "date": str(raw.header.get("DATE-BEG", "")),
-                    "exposure_time": raw.exposure_time,
-                    "scale": 1.0,
-                }
-            )
-        assert geometry is not None and first is not None
-        combined = combine_clipped_mean(images, scales=[1.0] * len(images))
-        image = combined.image
-        header = provenance_header(inputs, "bias", len(images))
-        for key, value in _calib_header("bias", instrument, geometry, run_id, first).items():
-            header[key] = value
-        for key, value in qa_percentiles(image, amp_boxes, "bias").items():
-            header[f"HIERARCH {key}"] = value
-        image.header = fits.Header(header)
-        ref = butler.put(
-            image, datasets.BIAS, instrument=instrument.name, detector=detector_id, run=collection
-        )
-        out[detector_id] = str(ref.id)
-    return out
+    """Convenience for tests and benches: build the bias of a run."""
+    request = BuildRequest(
+        instrument, config, run_id, tuple(exposures), tuple(detectors), config.physical_filter
+    )
+    return build_bias(butler, request).dataset_ids

@@ -7,16 +7,21 @@ import time
 from faststream.kafka import KafkaRouter
 from lsst.daf.butler import Butler
 
-from services.verifier.verification import VerificationOutcome, verify_bias
+from services.verifier.verification import (
+    VERIFIED_TYPES,
+    VerificationOutcome,
+    VerificationRequest,
+    sources_for,
+    verify_calibration,
+)
 from shared.butler import datasets
 from shared.butler.repo import open_butler
 from shared.events import CalibGenerated, CalibVerified, VerificationSummary
 from shared.instruments import get_instrument
-from shared.runstate import load_run_config
+from shared.runstate import load_run_config, put_record, type_collection
 from shared.service import ServiceContext, create_service
 
 NAME = "verifier"
-VERIFIERS = {"bias": verify_bias}
 
 
 def summary_of(outcome: VerificationOutcome) -> VerificationSummary:
@@ -52,6 +57,26 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
     def butler() -> Butler:
         return open_butler(ctx.settings.butler_repo, writeable=True)
 
+    async def finish(cause: CalibGenerated, verified: CalibVerified) -> None:
+        """Record the verdict, then publish it.
+
+        The generator reads the record when the event makes it look for newly ready dependants,
+        so the record must exist first; a crash in between only repeats the event.
+        """
+        record = {"verdict": verified.verdict, "outcome": verified.outcome, "reason": verified.reason}
+        await ctx.run_blocking(
+            "verify",
+            lambda: put_record(
+                butler(),
+                record,
+                datasets.VERIFICATION_RECORD,
+                cause.instrument,
+                type_collection(cause.instrument, cause.run_id, cause.calib_type),
+            ),
+            run_id=cause.run_id,
+        )
+        await ctx.publish(verified, ctx.topics.calib_verified)
+
     @router.subscriber(
         ctx.topics.calib_generated,
         title=f"{ctx.name} consumes calib.generated",
@@ -69,9 +94,8 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
             "collection": event.collection,
         }
         if event.outcome != "ok":
-            await ctx.publish(
-                CalibVerified(**base, verdict="NOT_RUN", outcome="skipped", reason=event.reason),
-                ctx.topics.calib_verified,
+            await finish(
+                event, CalibVerified(**base, verdict="NOT_RUN", outcome="skipped", reason=event.reason)
             )
             return
         config = await ctx.run_blocking(
@@ -83,31 +107,37 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
                 ctx.topics.calib_verified,
             )
             return
-        verifier = VERIFIERS.get(event.calib_type)
-        if verifier is None:
-            reason = f"verification of {event.calib_type} is not available in this version of cpflow"
-            ctx.metrics.stage_failures.labels(stage="verify", calib_type=event.calib_type).inc()
-            await ctx.publish(
-                CalibVerified(**base, verdict="NOT_RUN", outcome="failed", reason=reason),
-                ctx.topics.calib_verified,
+        if event.calib_type not in VERIFIED_TYPES:
+            # As in the reference, defects and PTC are certified without verification; gains are reported.
+            await finish(
+                event,
+                CalibVerified(
+                    **base,
+                    verdict="NOT_RUN",
+                    reason=f"{event.calib_type} is not verified (as in the reference)",
+                ),
             )
             return
         await ctx.status(event, "RUNNING", f"{event.calib_type}: verifying", stage="verify")
         start = time.monotonic()
+        request = VerificationRequest(
+            instrument=get_instrument(event.instrument),
+            run_id=event.run_id,
+            calib_type=event.calib_type,
+            exposures=tuple(event.exposures),
+            detectors=tuple(event.detectors),
+            threshold=config.threshold(event.calib_type),
+            physical_filter=config.physical_filter,
+            sources=sources_for(
+                event.calib_type,
+                generated_collection=event.collection if event.generated else None,
+                prerequisite_sources=event.sources,
+                reference_collections=event.reference_collections,
+            ),
+        )
         try:
             outcome = await ctx.run_blocking(
-                "verify",
-                lambda: verifier(
-                    butler(),
-                    get_instrument(event.instrument),
-                    event.run_id,
-                    event.exposures,
-                    event.detectors,
-                    threshold=config.threshold(event.calib_type),
-                    generated_collection=event.collection if event.generated else None,
-                    reference_collections=event.reference_collections,
-                ),
-                run_id=event.run_id,
+                "verify", lambda: verify_calibration(butler(), request), run_id=event.run_id
             )
         except Exception as exc:
             reason = f"verification of {event.calib_type} failed: {type(exc).__name__}: {exc}"
@@ -115,10 +145,7 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
                 "verification failed", extra={"run_id": event.run_id, "calib_type": event.calib_type}
             )
             ctx.metrics.stage_failures.labels(stage="verify", calib_type=event.calib_type).inc()
-            await ctx.publish(
-                CalibVerified(**base, verdict="NOT_RUN", outcome="failed", reason=reason),
-                ctx.topics.calib_verified,
-            )
+            await finish(event, CalibVerified(**base, verdict="NOT_RUN", outcome="failed", reason=reason))
             return
         duration = time.monotonic() - start
         ctx.metrics.stage_duration.labels(stage="verify", calib_type=event.calib_type).observe(duration)
@@ -133,7 +160,8 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
             "verification decided",
             extra={"run_id": event.run_id, "calib_type": event.calib_type, "verdict": verdict},
         )
-        await ctx.publish(
+        await finish(
+            event,
             CalibVerified(
                 **base,
                 verdict=verdict,
@@ -142,7 +170,6 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
                 reason=None if verdict == "PASSED" else f"{event.calib_type} failed verification",
                 duration_s=duration,
             ),
-            ctx.topics.calib_verified,
         )
 
     async def butler_reachable() -> None:

@@ -17,12 +17,14 @@ __all__ = [
     "DARK",
     "DEFECTS",
     "FLAT",
+    "GENERATION_RECORD",
     "PTC",
     "RAW",
     "RAW_STORAGE_CLASS",
     "RUN_CONFIG",
     "STRUCTURED_STORAGE_CLASS",
     "TABLE_STORAGE_CLASS",
+    "VERIFICATION_RECORD",
     "dataset_types",
     "register_dataset_types",
     "verify_det_stats",
@@ -45,6 +47,10 @@ PTC = "ptc"
 RUN_CONFIG = "cpflowRunConfig"
 ACQUISITION_MANIFEST = "cpflowAcquisitionManifest"
 CALIB_OUTCOME = "cpflowCalibOutcome"
+GENERATION_RECORD = "cpflowGeneration"
+"""What the generator did for one calibration type of a run (built, skipped and why, gains)."""
+VERIFICATION_RECORD = "cpflowVerification"
+"""The verification verdict of one calibration type of a run, with the decision's summary."""
 
 CALIB_IMAGE_TYPES: tuple[str, ...] = (BIAS, DARK, FLAT)
 """Calibration types that are combined images and have verification dataset types."""
@@ -137,7 +143,7 @@ def dataset_types(universe: DimensionUniverse) -> list[DatasetType]:
         )
         result.append(make(verify_stats(calib_type), ("instrument",), STRUCTURED_STORAGE_CLASS))
         result.append(make(verify_results(calib_type), ("instrument",), TABLE_STORAGE_CLASS))
-    for name in (RUN_CONFIG, ACQUISITION_MANIFEST, CALIB_OUTCOME):
+    for name in (RUN_CONFIG, ACQUISITION_MANIFEST, CALIB_OUTCOME, GENERATION_RECORD, VERIFICATION_RECORD):
         result.append(make(name, ("instrument",), STRUCTURED_STORAGE_CLASS))
     return result
 
