@@ -57,6 +57,8 @@ class RunView:
                 "generated": event.get("generated"),
                 "collection": event.get("collection"),
                 "reference_collections": event.get("reference_collections"),
+                "sources": event.get("sources", {}),
+                "products": event.get("products", {}),
                 "reason": event.get("reason"),
                 "duration_s": event.get("duration_s"),
             }
@@ -130,6 +132,8 @@ class RunView:
                     )
                 )
                 lines.append(f"    generation:    {gen['outcome']}  {what}")
+                for detector, values in sorted((gen.get("products") or {}).items()):
+                    lines.append(f"                   detector {detector}: {_describe_products(values)}")
             ver = t.get("verification")
             if ver:
                 failed = ", ".join(f"{k} ×{v}" for k, v in sorted(ver["failed_tests"].items())) or "none"
@@ -152,6 +156,22 @@ class RunView:
                 else:
                     lines.append(f"    certification: not certified ({cert.get('reason')})")
         return "\n".join(lines)
+
+
+def _describe_products(values: Any) -> str:
+    """One line for a detector's reported products (gains per amplifier, PTC fits, defect counts)."""
+    if not isinstance(values, dict):
+        return str(values)
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            inner = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+            parts.append(f"{key}[{inner}]")
+        elif isinstance(value, float):
+            parts.append(f"{key}={value:.4g}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
 
 
 def build_views(events: list[dict[str, Any]]) -> dict[str, RunView]:

@@ -52,6 +52,7 @@ def _decode(record: Any) -> dict[str, Any] | None:
     value["_topic"] = record.topic
     value["_partition"] = record.partition
     value["_offset"] = record.offset
+    value["_key"] = (record.key or b"").decode(errors="replace")
     return value
 
 

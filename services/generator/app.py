@@ -163,6 +163,7 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
             {
                 **base,
                 "generated": True,
+                "outcome": "ok",
                 "collection": type_collection(config.instrument, run_id, calib_type),
                 "dataset_ids": {str(k): v for k, v in built.dataset_ids.items()},
                 "sources": sources,

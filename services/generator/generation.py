@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from lsst.daf.butler import Butler
+from lsst.daf.butler import Butler, MissingCollectionError
 
 from services.generator.combine import combine_clipped_mean, provenance_header, qa_percentiles
 from services.generator.readiness import CalibSource
@@ -82,6 +82,14 @@ def load_raw(butler: Butler, instrument: str, exposure: int, detector: int) -> R
     return raw
 
 
+def _collection_exists(butler: Butler, name: str) -> bool:
+    try:
+        butler.collections.get_info(name)
+    except MissingCollectionError:
+        return False
+    return True
+
+
 def load_calibration(
     butler: Butler,
     source: CalibSource,
@@ -97,10 +105,14 @@ def load_calibration(
     if source.kind == "certified":
         data_id["exposure"] = exposure
         data_id.pop("physical_filter", None)
+    # A calib_collection that does not exist yet (a first run) is simply not searched.
+    existing = [c for c in source.collections if _collection_exists(butler, c)]
+    where = ", ".join(source.collections)
+    if not existing:
+        raise LookupError(f"no {source.calib_type} for {instrument}: none of the collections {where} exists")
     try:
-        calib = butler.get(source.calib_type, data_id, collections=list(source.collections))
+        calib = butler.get(source.calib_type, data_id, collections=existing)
     except Exception as exc:
-        where = ", ".join(source.collections)
         raise LookupError(
             f"no {source.calib_type} for {instrument} detector {detector}"
             + (f" valid at exposure {exposure}" if source.kind == "certified" else "")

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +15,13 @@ from astropy.io import fits
 from astropy.time import Time, TimeDelta
 from lsst.daf.butler import Timespan
 
-from cpflow.topics_reader import publish_event, publish_raw, read_events
+from cpflow.topics_reader import publish_event, publish_raw
 from shared.butler.certify import find_certified
 from shared.butler.repo import open_butler
 from shared.events import FramesAcquired, RunRequested
 from shared.settings import Settings
 from shared.topics import Topics
-from tests.conftest import settings_env
+from tests.e2e.common import cpflow, events_of, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -48,31 +45,6 @@ def bias_config(tmp_path: Path, **overrides: Any) -> Path:
     path = tmp_path / f"run-{len(list(tmp_path.iterdir()))}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def cpflow(settings: Settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cpflow.cli", *args],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def events_of(settings: Settings, run_id: str | None = None, topics: list[str] | None = None) -> list[dict]:
-    t = Topics(settings.topic_prefix)
-    return asyncio.run(read_events(settings.kafka_bootstrap, topics or t.run_topics(), run_id=run_id))
-
-
-def wait_until(predicate: Any, timeout: float = 120.0, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,41 @@
+"""Helpers of the end-to-end tests: the CLI as a user runs it, and the run's events from the topics."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from typing import Any
+
+from cpflow.topics_reader import read_events
+from shared.settings import Settings
+from shared.topics import Topics
+from tests.conftest import settings_env
+
+__all__ = ["cpflow", "events_of", "wait_until"]
+
+
+def cpflow(settings: Settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cpflow.cli", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def events_of(settings: Settings, run_id: str | None = None, topics: list[str] | None = None) -> list[dict]:
+    t = Topics(settings.topic_prefix)
+    return asyncio.run(read_events(settings.kafka_bootstrap, topics or t.run_topics(), run_id=run_id))
+
+
+def wait_until(predicate: Any, timeout: float = 120.0, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
