@@ -21,7 +21,7 @@ from lsst.daf.butler import Timespan
 from shared.butler.repo import open_butler
 from shared.settings import Settings
 from shared.topics import Topics
-from tests.e2e.common import cpflow, events_of
+from tests.e2e.common import cpflow, events_of, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -318,3 +318,81 @@ def test_events_carry_the_run_id_as_key(stack: Settings, full_run: tuple[str, di
     topics = Topics(stack.topic_prefix)
     mine = [e for e in events_of(stack, None, topics.run_topics()) if e.get("run_id") == run_id]
     assert len(mine) > 10 and all(e["_key"] == run_id for e in mine)
+
+
+def test_verification_statistics_are_in_the_butler(stack: Settings, full_run: tuple[str, dict]) -> None:
+    run_id, view = full_run
+    butler = open_butler(stack.butler_repo, writeable=False)
+    collection = f"LATISS/runs/{run_id}/bias"
+    exposures = view["types"]["bias"]["frames"]["exposures"]
+    per_detector = butler.query_datasets("verifyBiasDetStats", collections=collection, instrument="LATISS")
+    assert sorted(ref.dataId["exposure"] for ref in per_detector) == sorted(exposures)
+    one = butler.get(per_detector[0])
+    assert set(one["AMP"]) == set(one["VERIFY"]["AMP"]) and len(one["AMP"]) == 16
+    # The run-level structure of cp_verify: {exposure: {SUCCESS, FAILURES}, SUCCESS}.
+    run_stats = butler.get("verifyBiasStats", instrument="LATISS", collections=collection)
+    per_exposure = {str(k): v for k, v in run_stats.items() if k != "SUCCESS"}
+    assert set(per_exposure) == {str(e) for e in exposures}
+    assert run_stats["SUCCESS"] == all(v["SUCCESS"] for v in per_exposure.values())
+    for value in per_exposure.values():
+        # Failures read "<detector> <amplifier> <test>", the string the decision rule parses.
+        assert all(len(f.split()) == 3 and f.split()[0] == "RXX_S00" for f in value.get("FAILURES", []))
+    table = butler.get("verifyBiasResults", instrument="LATISS", collections=collection)
+    assert len(table) == len(exposures) * 16
+
+
+def test_gain_from_flat_pairs_is_reported_not_certified(stack: Settings, configs: Path) -> None:
+    config = write_config(
+        configs,
+        script_mode="BIAS_DARK_FLAT",
+        n_flat=len(FLAT_TIMES),
+        n_discard_flat=0,
+        exp_times_flat=FLAT_TIMES,
+        do_gain_from_flat_pairs=True,
+        do_ptc=False,
+        calib_collection="LATISS/calib/gains",
+        certify_calib_begin_date="2026-01-01",
+        certify_calib_end_date="2027-12-31",
+    )
+    run_id, view = run(stack, config, expect=0)
+    gain = view["types"]["gain"]
+    gains = gain["generation"]["products"]["0"]
+    assert len(gains) == 16 and all(0.9 < g < 1.3 for g in gains.values())
+    assert "certification" not in gain or gain["certification"]["certified"] is False
+    assert "ptc" not in view["types"]
+    text = cpflow(stack, "status", run_id).stdout
+    assert "  gain:" in text and "C00=" in text
+
+
+def test_concurrent_runs_keep_their_own_results(stack: Settings, configs: Path) -> None:
+    """The reference script races on one job-result queue; cpflow keys everything by run id."""
+    paths = [
+        write_config(
+            configs,
+            script_mode="BIAS",
+            do_verify=True,
+            n_bias=n,
+            calib_collection=f"LATISS/calib/concurrent-{n}",
+            certify_calib_begin_date="2029-01-01",
+            certify_calib_end_date="2029-12-31",
+        )
+        for n in (4, 7)
+    ]
+    submitted = [cpflow(stack, "submit", str(p)) for p in paths]
+    run_ids = [s.stdout.strip().splitlines()[0] for s in submitted]
+    assert all(s.returncode == 0 for s in submitted) and len(set(run_ids)) == 2
+    finals = [wait_for_final(stack, run_id) for run_id in run_ids]
+    for n, view in zip((4, 7), finals, strict=True):
+        assert view["state"] == "SUCCEEDED"
+        bias = view["types"]["bias"]
+        assert bias["frames"]["kept"] == n
+        assert bias["verification"]["n_exposures"] == n
+        assert bias["certification"]["calib_collection"] == f"LATISS/calib/concurrent-{n}"
+
+
+def wait_for_final(settings: Settings, run_id: str, timeout: float = 300) -> dict[str, Any]:
+    def final() -> dict[str, Any] | None:
+        view = json.loads(cpflow(settings, "status", run_id, "--json").stdout)
+        return view if view["state"] in ("SUCCEEDED", "FAILED", "REJECTED") else None
+
+    return wait_until(final, timeout=timeout, interval=2.0)
