@@ -31,6 +31,7 @@ __all__ = [
     "BUILDERS",
     "BuildRequest",
     "BuildResult",
+    "collection_exists",
     "detector_for_raw",
     "flat_scales",
     "load_calibration",
@@ -82,7 +83,8 @@ def load_raw(butler: Butler, instrument: str, exposure: int, detector: int) -> R
     return raw
 
 
-def _collection_exists(butler: Butler, name: str) -> bool:
+def collection_exists(butler: Butler, name: str) -> bool:
+    """Whether the butler has a collection called ``name``."""
     try:
         butler.collections.get_info(name)
     except MissingCollectionError:
@@ -106,7 +108,7 @@ def load_calibration(
         data_id["exposure"] = exposure
         data_id.pop("physical_filter", None)
     # A calib_collection that does not exist yet (a first run) is simply not searched.
-    existing = [c for c in source.collections if _collection_exists(butler, c)]
+    existing = [c for c in source.collections if collection_exists(butler, c)]
     where = ", ".join(source.collections)
     if not existing:
         raise LookupError(f"no {source.calib_type} for {instrument}: none of the collections {where} exists")

@@ -134,6 +134,11 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
                 prerequisite_sources=event.sources,
                 reference_collections=event.reference_collections,
             ),
+            ptc_collections=tuple(
+                event.reference_collections
+                if not event.generated
+                else [config.calib_collection, *config.input_collections_verify(event.calib_type)]
+            ),
         )
         try:
             outcome = await ctx.run_blocking(

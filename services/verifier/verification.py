@@ -13,14 +13,15 @@ exposure's time in ``input_collections_verify_<type>``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from astropy.table import Table
-from lsst.daf.butler import Butler
+from lsst.daf.butler import Butler, DatasetNotFoundError
 
-from services.generator.generation import detector_for_raw, load_calibration, load_raw
+from services.generator.generation import collection_exists, detector_for_raw, load_calibration, load_raw
 from services.generator.readiness import CalibSource
 from services.verifier.decision import VerificationDecision, decide
 from services.verifier.statistics import (
@@ -58,6 +59,8 @@ class VerificationRequest:
     physical_filter: str | None
     sources: Mapping[str, CalibSource] = field(default_factory=dict)
     """Where each applied calibration (the candidate and its prerequisites) comes from."""
+    ptc_collections: tuple[str, ...] = ()
+    """Where to look for a certified PTC whose read noise the NOISE tests use (else the nominal)."""
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,37 @@ def _count_tests(
     return counts
 
 
+def ptc_read_noise(
+    butler: Butler, collections: Sequence[str], instrument: str, detector: int, exposure: int
+) -> dict[str, float]:
+    """Per-amplifier read noise (e⁻) of the PTC certified for ``exposure``, or {} if there is none.
+
+    cp_verify compares the NOISE statistics with the PTC read noise when the ISR has one, and with
+    the camera's nominal read noise otherwise; amplifiers whose PTC fit is bad keep the nominal.
+    """
+    existing = [c for c in collections if collection_exists(butler, c)]
+    if not existing:
+        return {}
+    try:
+        table = butler.get(
+            datasets.PTC, instrument=instrument, detector=detector, exposure=exposure, collections=existing
+        )
+    except (DatasetNotFoundError, LookupError):
+        return {}
+    noise: dict[str, float] = {}
+    for row in table:
+        value = float(row["noise"])
+        if math.isfinite(value) and value > 0 and not bool(row["bad"]):
+            noise[str(row["amp_name"])] = value
+    return noise
+
+
 def _measure(
     calib_type: str,
     applied: Mapping[str, CalibImage],
     raw: Any,
     geometry: Any,
+    read_noise: Mapping[str, float],
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
     result = run_isr(
         raw, geometry, bias=applied.get("bias"), dark=applied.get("dark"), flat=applied.get("flat")
@@ -103,15 +132,11 @@ def _measure(
     boxes = result.amp_boxes
     if calib_type == "flat":
         stats = flat_amp_statistics(result.image, boxes)
-        verify = verify_flat_amplifiers(stats, {a.name: a.read_noise for a in geometry.amplifiers})
+        verify = verify_flat_amplifiers(stats, read_noise)
         det_stats = flat_detector_statistics(stats)
         return stats, verify, det_stats, verify_flat_detector(det_stats)
     stats = amp_statistics(result.image, boxes, overscan_noise_adu=result.overscan_noise_adu)
-    verify = verify_amplifiers(
-        stats,
-        {a.name: a.read_noise for a in geometry.amplifiers},
-        {a.name: a.gain for a in geometry.amplifiers},
-    )
+    verify = verify_amplifiers(stats, read_noise, {a.name: a.gain for a in geometry.amplifiers})
     return stats, verify, None, None
 
 
@@ -124,6 +149,8 @@ def verify_calibration(butler: Butler, request: VerificationRequest) -> Verifica
     det_type = datasets.verify_det_stats(calib_type)
     det_results: dict[int, dict[str, dict[str, Any]]] = {}
     run_calibs: dict[tuple[str, int], CalibImage] = {}
+    # The read noise the NOISE tests use, per detector: the PTC's valid at the first exposure.
+    read_noise: dict[int, dict[str, float]] = {}
     for exposure in request.exposures:
         det_results[exposure] = {}
         for detector_id in request.detectors:
@@ -152,7 +179,16 @@ def verify_calibration(butler: Butler, request: VerificationRequest) -> Verifica
                 if source.kind == "run":
                     run_calibs[key] = calib
                 applied[applied_type] = calib
-            amp_stats, amp_verify, det_stats, det_verify = _measure(calib_type, applied, raw, geometry)
+            if detector_id not in read_noise:
+                from_ptc = ptc_read_noise(butler, request.ptc_collections, name, detector_id, exposure)
+                read_noise[detector_id] = {
+                    a.name: from_ptc.get(a.name, a.read_noise) for a in geometry.amplifiers
+                }
+            amp_stats, amp_verify, det_stats, det_verify = _measure(
+                calib_type, applied, raw, geometry, read_noise[detector_id]
+            )
+            for amp_name, values in amp_stats.items():
+                values["READ_NOISE_E"] = read_noise[detector_id][amp_name]
             result = detector_verification(
                 exposure, geometry.name, amp_stats, amp_verify, det_stats=det_stats, det_verify=det_verify
             )

@@ -197,6 +197,12 @@ def test_external_verification_against_an_earlier_run(
         assert "certification" not in t or t["certification"]["certified"] is False
     # Nothing was generated: no bias or dark dataset in any of the run's collections.
     butler = open_butler(stack.butler_repo, writeable=False)
+    # The NOISE tests used the read noise of the PTC certified by the earlier run (cp_verify's rule).
+    ptc = certified(stack, "ptc", "LATISS/calib/modes")
+    ptc_noise = {str(r["amp_name"]): float(r["noise"]) for r in ptc if not r["bad"]}
+    results = butler.get("verifyBiasResults", instrument="LATISS", collections=f"LATISS/runs/{run_id}/bias")
+    used = {str(r["amplifier"]): float(r["BIAS_READ_NOISE_E"]) for r in results}
+    assert ptc_noise and all(used[amp] == pytest.approx(noise) for amp, noise in ptc_noise.items())
     for collection in butler.collections.query(f"LATISS/runs/{run_id}/*"):
         for calib_type in ("bias", "dark"):
             assert not butler.query_datasets(calib_type, collections=collection, explain=False)
