@@ -20,7 +20,7 @@ from shared.butler import datasets
 from shared.butler.repo import open_butler, run_collection
 from shared.events import FramesAcquired, RunRequested
 from shared.instruments import get_instrument
-from shared.runconfig import ConfigurationError, RunConfiguration, validate_run_configuration
+from shared.runconfig import ConfigurationError, RunConfiguration, SimulatorConfig, validate_run_configuration
 from shared.runstate import put_record
 from shared.service import ServiceContext, StageFailure, create_service
 
@@ -33,13 +33,20 @@ def make_camera(ctx: ServiceContext, config: RunConfiguration, run_id: str) -> C
         raise StageFailure(
             f"camera {config.camera!r}: this deployment has no SAL camera driver; use camera: simulated"
         )
-    sim = config.simulator
+    sim = config.simulator or SimulatorConfig()
     return SimulatedCamera(
         get_instrument(config.instrument),
         Path(ctx.settings.camera_dir) / run_id,
-        seed=sim.seed if sim else 0,
-        amp_data_shape=tuple(sim.amp_data_shape) if sim and sim.amp_data_shape else None,  # type: ignore[arg-type]
-        bias_level_adu=sim.bias_level_adu if sim else 15000.0,
+        seed=sim.seed,
+        amp_data_shape=tuple(sim.amp_data_shape) if sim.amp_data_shape else None,  # type: ignore[arg-type]
+        bias_level_adu=sim.bias_level_adu,
+        dark_current_e_per_s=sim.dark_current_e_per_s,
+        flat_flux_e_per_s=sim.flat_flux_e_per_s,
+        hot_pixel_fraction=sim.hot_pixel_fraction,
+        cold_pixel_fraction=sim.cold_pixel_fraction,
+        cosmic_ray_rate=sim.cosmic_ray_rate,
+        gain_spread=sim.gain_spread,
+        faults=sim.faults,
         state_dir=Path(ctx.settings.camera_dir) / ".state",
     )
 

@@ -192,7 +192,8 @@ async def test_read_noise_after_overscan_subtraction(tmp_path: Path) -> None:
     truth = cam.truth(0)["amplifiers"]
     for amp in det.amplifiers:
         residual = corrected[amp.name] - structure_adu[amp.name] / amp.gain
-        expected = amp.read_noise / amp.gain
+        # Read noise is fixed in electrons; in ADU it scales with the actual (not nominal) gain.
+        expected = amp.read_noise / truth[amp.name]["gain"]
         assert truth[amp.name]["read_noise_adu"] == pytest.approx(expected)
         assert np.std(residual) == pytest.approx(expected, rel=0.10), amp.name
         # Without the known structure the data section is noisier: the structure is real.
@@ -250,7 +251,7 @@ async def test_combined_bias_matches_truth(tmp_path: Path) -> None:
 
 
 async def test_dark_current(tmp_path: Path) -> None:
-    cam = make_camera(tmp_path, shape=(400, 200))
+    cam = make_camera(tmp_path, shape=(400, 200), cosmic_ray_rate=0.0)
     det = cam.detector_geometry(0)
     frame = (await cam.take_image(ExposureRequest("DARK", 30.0, "g"), [0]))[0]
     raw = read_raw(frame.path)
@@ -261,40 +262,52 @@ async def test_dark_current(tmp_path: Path) -> None:
     )
     truth = cam.truth(0)["amplifiers"]["C10"]["dark_current_e_per_s"]
     assert truth == 0.02
-    expected = truth * raw.dark_time
+    # The truth map (ISR e⁻/s) adds hot pixels and the hot column to the 0.02 e⁻/s background.
+    expected = float(cam.dark_current_map_e_per_s(0).mean()) * raw.dark_time
     sigma = np.std(signal_e) / np.sqrt(signal_e.size)
     assert signal_e.mean() == pytest.approx(expected, abs=5 * sigma)
     assert sigma < 0.1 * expected
 
 
 async def test_per_amp_dark_current_and_flat_gain(tmp_path: Path) -> None:
-    cam = make_camera(tmp_path, shape=(100, 60), dark_current_e_per_s={"C10": 5.0})
+    cam = make_camera(tmp_path, shape=(100, 60), dark_current_e_per_s={"C10": 5.0}, cosmic_ray_rate=0.0)
     det = cam.detector_geometry(0)
     dark = read_raw((await cam.take_image(ExposureRequest("DARK", 100.0, "g"), [0]))[0].path)
     corrected = overscan_corrected(dark, det)
-    amp = det.amplifier("C10")
-    assert corrected["C10"].mean() * amp.gain == pytest.approx(5.0 * 100.2, rel=0.02)
-    assert corrected["C11"].mean() * amp.gain < 30
+    dark_map = unassemble(det, cam.dark_current_map_e_per_s(0))  # ISR e⁻/s: nominal gain
+    response = unassemble(det, cam.flat_response(0))  # ISR units
+    structure = unassemble(det, cam.bias_structure_e(0))
+    signal = {a.name: corrected[a.name] * a.gain - structure[a.name] for a in det.amplifiers}
+    assert dark_map["C10"].mean() == pytest.approx(5.0, rel=0.05)
+    assert signal["C10"].mean() == pytest.approx(dark_map["C10"].mean() * 100.2, rel=0.02)
+    assert signal["C11"].mean() == pytest.approx(dark_map["C11"].mean() * 100.2, abs=1.0)
+    assert signal["C11"].mean() < 0.1 * signal["C10"].mean()
     # Photon transfer on a pair of flats recovers the injected gain.
     req = ExposureRequest("FLAT", 10.0, "g")
     f1, f2 = [overscan_corrected(read_raw((await cam.take_image(req, [0]))[0].path), det) for _ in range(2)]
     for a in det.amplifiers:
         mean_adu = 0.5 * (f1[a.name].mean() + f2[a.name].mean())
-        var_adu = np.var(f1[a.name] - f2[a.name]) / 2 - (a.read_noise / a.gain) ** 2
-        dark_e = cam.truth(0)["amplifiers"][a.name]["dark_current_e_per_s"] * 10.2
-        assert mean_adu * a.gain == pytest.approx(2000.0 * 10.0 + dark_e, rel=0.01)
-        assert mean_adu / var_adu == pytest.approx(a.gain, rel=0.08), a.name
+        t = cam.truth(0)["amplifiers"][a.name]
+        gain, a00 = t["gain"], t["a00"]
+        var_adu = np.var(f1[a.name] - f2[a.name]) / 2 - (a.read_noise / gain) ** 2
+        dark_e = dark_map[a.name].mean() * 10.2
+        assert mean_adu * a.gain == pytest.approx(2000.0 * 10.0 * response[a.name].mean() + dark_e, rel=0.01)
+        # Photon transfer with the brighter-fatter deficit (Astier et al. 2019 Eq. 16) and the actual gain.
+        expected = np.expm1(2 * a00 * mean_adu * gain) / (2 * gain**2 * a00)
+        assert var_adu == pytest.approx(expected, rel=0.08), a.name
 
 
 async def test_saturation_clips(tmp_path: Path) -> None:
-    cam = make_camera(tmp_path)
+    # The charge is clipped at the full well (~1e5 e⁻, ~95 000 ADU) first: a high bias level puts
+    # that plateau above the raw saturation (120 000 ADU), which then clips every data pixel.
+    cam = make_camera(tmp_path, bias_level_adu=60_000.0)
     raw = read_raw((await cam.take_image(ExposureRequest("FLAT", 100.0, "g"), [0]))[0].path)
     amp = cam.detector_geometry(0).amplifier("C10")
     arr = raw.amplifiers["C10"]
     assert (arr.dtype.kind, arr.dtype.itemsize) == ("i", 4)  # int32 (big-endian once in FITS)
     assert arr[amp.data_slice].max() == int(amp.saturation)
     assert np.all(arr[amp.data_slice] == int(amp.saturation))
-    assert arr[amp.serial_overscan_slice].max() < 16_000
+    assert arr[amp.serial_overscan_slice].max() < 61_000
 
 
 async def test_invalid_filter_and_requests(tmp_path: Path) -> None:
@@ -342,7 +355,8 @@ async def test_write_truth(tmp_path: Path) -> None:
     with fits.open(paths[1]) as hdul:
         assert hdul[0].header["DETECTOR"] == 1
         amp = get_instrument("LSSTComCam").detector(1).amplifier("C03")
-        assert hdul[0].header["HIERARCH C03 GAIN"] == pytest.approx(amp.gain)
+        assert hdul[0].header["HIERARCH C03 NOMINAL GAIN"] == pytest.approx(amp.gain)
+        assert hdul[0].header["HIERARCH C03 GAIN"] == pytest.approx(cam.truth(1)["amplifiers"]["C03"]["gain"])
         assert hdul[0].header["HIERARCH C03 READ NOISE E"] == pytest.approx(amp.read_noise)
         np.testing.assert_allclose(hdul[1].data, cam.bias_structure_e(1), rtol=1e-6, atol=1e-4)
     summary = json.loads(paths[2].read_text())
