@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from shared.instruments import amplifier_layout, get_instrument, instrument_names
 
@@ -181,6 +189,13 @@ class SimulatorFault(BaseModel):
         if foreign:
             raise ValueError(f"{foreign[0]}: not used by a {self.kind} fault; remove it")
         return self
+
+    @model_serializer(mode="wrap")
+    def _only_keys_of_kind(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Serialise only the keys this kind uses, so that a stored configuration validates again."""
+        data: dict[str, Any] = handler(self)
+        keep = {*_FAULT_COMMON_KEYS, *_FAULT_KIND_KEYS[self.kind]}
+        return {key: value for key, value in data.items() if key in keep}
 
     def applies(self, image_type: str, index: int) -> bool:
         """Whether this fault affects frame ``index`` (0-based, per image type) of ``image_type``."""

@@ -272,6 +272,18 @@ def test_document_round_trip() -> None:
         {"instrument": "LATISS", "script_mode": "BIAS_DARK_FLAT", "filter": "SDSSr_65mm", "reason": "x"},
         {"instrument": "LSSTComCam", "script_mode": "DARK", "detectors": [3], "exp_times_dark": 2},
         {"instrument": "LSSTCam", "script_mode": "BIAS", "camera": "sal", "test_case": {"version": "1"}},
+        {
+            "instrument": "LATISS",
+            "script_mode": "BIAS_DARK",
+            "simulator": {
+                "seed": 3,
+                "faults": [
+                    {"kind": "hot_amplifier", "image_type": "BIAS", "amplifiers": ["C10"]},
+                    {"kind": "dark_ramp", "step_e_per_s": 1.0},
+                    {"kind": "light_leak", "exposures": [0, 2]},
+                ],
+            },
+        },
     ):
         cfg = validate_run_configuration(data)
         doc = cfg.to_document()
