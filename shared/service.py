@@ -190,6 +190,21 @@ class ServiceContext:
             headers={"type": "deadletter", "producer": self.name},
         )
         self.metrics.dead_letters.labels(topic=topic).inc()
+        if key and topic not in (self.topics.run_status, self.topics.deadletter):
+            # The run cannot finish without this event: say so in its status, so that nobody waits
+            # for it forever. The dead letter keeps the payload for a replay after a fix.
+            await self.publish(
+                RunStatus(
+                    run_id=key,
+                    producer=self.name,
+                    state="FAILED",
+                    stage=self.name,
+                    message=f"{self.name} could not process a {topic} event (see {self.topics.deadletter})",
+                    errors=[f"{self.name}: {type(exc).__name__}: {str(exc)[:2000]}"],
+                    details={"origin_topic": topic, "origin_offset": letter.origin_offset},
+                ),
+                self.topics.run_status,
+            )
         self.log.error(
             "message dead-lettered",
             extra={

@@ -151,6 +151,10 @@ def test_malformed_messages_are_dead_lettered_and_services_keep_running(stack: S
     assert found["garbage-2"]["origin_topic"] == topics.frames_acquired
     assert "instrument" in found["garbage-2"]["error"]  # the missing field is named
     assert '"run_id": "garbage-2"' in found["garbage-2"]["payload_text"]
+    # The run the bad event belongs to is told, so that nobody waits for it forever.
+    statuses = wait_until(lambda: events_of(stack, "garbage-2", [topics.run_status]), timeout=30)
+    assert statuses[-1]["state"] == "FAILED" and topics.deadletter in statuses[-1]["message"]
+    assert "instrument" in statuses[-1]["errors"][0]
     for name, port in stack.http_ports.items():
         response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
         assert response.status_code == 200, (name, response.text)
