@@ -42,7 +42,15 @@ from shared.instruments import Instrument
 from shared.isr import run_isr
 from shared.runstate import find_record, put_record, type_collection
 
-__all__ = ["VERIFIED_TYPES", "VerificationOutcome", "VerificationRequest", "verify_calibration"]
+__all__ = [
+    "PTC_NOISE_MAX_RELATIVE_ERROR",
+    "VERIFIED_TYPES",
+    "VerificationOutcome",
+    "VerificationRequest",
+    "ptc_read_noise",
+    "usable_ptc_noise",
+    "verify_calibration",
+]
 
 VERIFIED_TYPES = ("bias", "dark", "flat")
 _APPLIED = {"bias": ("bias",), "dark": ("bias", "dark"), "flat": ("bias", "dark", "flat")}
@@ -94,13 +102,34 @@ def _count_tests(
     return counts
 
 
+PTC_NOISE_MAX_RELATIVE_ERROR = 0.1
+"""A PTC read noise with a larger relative error (few low-signal pairs) is not used; the nominal is."""
+
+
+def usable_ptc_noise(table: Table) -> dict[str, float]:
+    """Per-amplifier read noise (e⁻) of a PTC table that the NOISE tests can rely on.
+
+    Amplifiers whose fit is bad, whose noise is not finite, or whose noise is poorly constrained
+    (``noise_err / noise`` above `PTC_NOISE_MAX_RELATIVE_ERROR`, e.g. no pair at low signal) are
+    left out: cp_verify would compare with such a value; cpflow falls back to the nominal instead.
+    """
+    noise: dict[str, float] = {}
+    for row in table:
+        value, error = float(row["noise"]), float(row["noise_err"])
+        if bool(row["bad"]) or not (math.isfinite(value) and value > 0 and math.isfinite(error)):
+            continue
+        if error <= PTC_NOISE_MAX_RELATIVE_ERROR * value:
+            noise[str(row["amp_name"])] = value
+    return noise
+
+
 def ptc_read_noise(
     butler: Butler, collections: Sequence[str], instrument: str, detector: int, exposure: int
 ) -> dict[str, float]:
     """Per-amplifier read noise (e⁻) of the PTC certified for ``exposure``, or {} if there is none.
 
     cp_verify compares the NOISE statistics with the PTC read noise when the ISR has one, and with
-    the camera's nominal read noise otherwise; amplifiers whose PTC fit is bad keep the nominal.
+    the camera's nominal read noise otherwise; see `usable_ptc_noise` for which amplifiers use it.
     """
     existing = [c for c in collections if collection_exists(butler, c)]
     if not existing:
@@ -111,12 +140,7 @@ def ptc_read_noise(
         )
     except (DatasetNotFoundError, LookupError):
         return {}
-    noise: dict[str, float] = {}
-    for row in table:
-        value = float(row["noise"])
-        if math.isfinite(value) and value > 0 and not bool(row["bad"]):
-            noise[str(row["amp_name"])] = value
-    return noise
+    return usable_ptc_noise(table)
 
 
 def _measure(

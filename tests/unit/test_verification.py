@@ -590,3 +590,20 @@ def test_merge_run_three_levels_and_decision() -> None:
     ]
     assert sorted(table[~table["FLAT_DET_VERIFY_SCATTER"]]["amplifier"]) == sorted(BOXES)
     assert not any(table["FLAT_EXP_VERIFY_SCATTER"])
+
+
+def test_ptc_read_noise_used_only_where_well_measured() -> None:
+    from astropy.table import Table
+
+    from services.verifier.verification import usable_ptc_noise
+
+    table = Table(
+        {
+            "amp_name": ["C00", "C01", "C02", "C03", "C04"],
+            "noise": [8.0, 9.0, 7.0, float("nan"), 6.0],
+            "noise_err": [0.2, 2.5, 0.1, 0.1, 0.3],
+            "bad": [False, False, True, False, False],
+        }
+    )
+    # C01: 28 % error (no low-signal pairs); C02: bad fit; C03: no value. They keep the nominal.
+    assert usable_ptc_noise(table) == {"C00": 8.0, "C04": 6.0}
