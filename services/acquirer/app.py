@@ -8,6 +8,7 @@ the biases starts while the darks are being taken.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from faststream.kafka import KafkaRouter
@@ -129,6 +130,7 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
                     stage="acquire",
                 )
 
+            started = time.monotonic()
             try:
                 if camera is None:
                     camera = make_camera(ctx, config, event.run_id)
@@ -166,6 +168,9 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
                     ctx.topics.frames_acquired,
                 )
                 continue
+            ctx.metrics.stage_duration.labels(stage="acquire", calib_type=image_type.lower()).observe(
+                time.monotonic() - started
+            )
             await ctx.publish(
                 FramesAcquired(
                     **event.caused(producer=NAME),

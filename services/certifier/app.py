@@ -7,6 +7,7 @@ final state (SUCCEEDED, or FAILED with the reasons per stage).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from faststream.kafka import KafkaRouter
@@ -105,6 +106,7 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
         else:
             outcome.stage = "certify"
             begin, end = config.certify_timespan_bounds
+            started = time.monotonic()
             try:
                 result = await ctx.run_blocking(
                     "certify",
@@ -130,6 +132,9 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
                     reason=outcome.summary,
                 )
             else:
+                ctx.metrics.stage_duration.labels(stage="certify", calib_type=calib_type).observe(
+                    time.monotonic() - started
+                )
                 outcome.success = True
                 outcome.certified = True
                 outcome.calib_collection = config.calib_collection

@@ -199,6 +199,13 @@ def test_metrics_count_verification_outcomes(stack: Settings, bias_run: str) -> 
     certifier = httpx.get(f"http://127.0.0.1:{stack.http_ports['certifier']}/metrics", timeout=10).text
     assert 'cpflow_certifications_total{calib_type="bias",outcome="certified"} 1.0' in certifier
     assert 'cpflow_runs_finished_total{outcome="SUCCEEDED"}' in certifier
+    # Stage durations, as histograms whose buckets reach an hour.
+    for service, stage in (("acquirer", "acquire"), ("generator", "generate"), ("verifier", "verify")):
+        text = httpx.get(f"http://127.0.0.1:{stack.http_ports[service]}/metrics", timeout=10).text
+        assert (
+            f'cpflow_stage_duration_seconds_bucket{{calib_type="bias",le="3600.0",stage="{stage}"}}' in text
+        )
+    assert 'cpflow_stage_duration_seconds_count{calib_type="bias",stage="certify"}' in certifier
 
 
 def test_stack_status_reports_every_component_ready(stack: Settings) -> None:
