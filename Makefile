@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(BIN)/python -c "from cpflow.kafka_local import fetch_jars; print('kafka jars:', fetch_jars())"
 
-## demo: start the local stack, run a LATISS bias run on the simulated camera, print a summary, stop
+## demo: start the local stack, run a whole LATISS calibration run (BIAS_DARK_FLAT, defects, PTC) on the simulated camera, print a summary, stop
 demo: setup
 	$(BIN)/cpflow demo
 

@@ -33,7 +33,7 @@ from shared.topics import Topics
 __all__ = ["main", "new_run_id"]
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT = 0, 1, 2, 3
-DEMO_CONFIG = Path(__file__).parent / "demo_bias.yaml"
+DEMO_CONFIG = Path(__file__).parent / "demo_run.yaml"
 
 
 def new_run_id() -> str:

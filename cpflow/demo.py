@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
-from astropy.time import Time
+from astropy.time import Time, TimeDelta
+from lsst.daf.butler import Timespan
 
 from cpflow.runview import build_views
 from cpflow.stack import stack_down, stack_up
@@ -38,27 +40,26 @@ def _demo_config(settings: Settings, source: Path) -> Path:
 
 
 def _butler_summary(settings: Settings, instrument: str, types: dict[str, dict]) -> list[str]:
+    """Where each certified calibration is, found the way science processing finds it."""
     lines = []
     butler = open_butler(settings.butler_repo, writeable=False)
     for calib_type, t in types.items():
         cert = t.get("certification") or {}
         if not cert.get("certified"):
             continue
+        begin = Time(cert["begin"], scale="tai")
         for detector, dataset_id in sorted(cert.get("dataset_ids", {}).items()):
-            begin = Time(cert["begin"], scale="tai")
-            ref = butler.find_dataset(
+            ref = butler.get_dataset(uuid.UUID(dataset_id))
+            found = butler.find_dataset(
                 calib_type,
-                instrument=instrument,
-                detector=int(detector),
+                ref.dataId if ref is not None else None,
                 collections=calib_chain(instrument),
-                timespan=None
-                if begin is None
-                else __import__("lsst.daf.butler", fromlist=["Timespan"]).Timespan(begin, begin + 1 / 86400),
+                timespan=Timespan(begin, begin + TimeDelta(1, format="sec")),
             )
             where = butler.getURI(ref).ospath if ref is not None else "?"
             lines.append(
                 f"  {calib_type} detector {detector}: dataset {dataset_id}\n"
-                f"    found in {calib_chain(instrument)} at {cert['begin']}: {ref is not None}\n"
+                f"    found in {calib_chain(instrument)} at {cert['begin']}: {found is not None}\n"
                 f"    file: {where}"
             )
     return lines
