@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
 __all__ = [
@@ -155,16 +154,15 @@ def find_and_repair(
         return data.copy(), cr_mask, 0
 
     work = np.where(bad, np.nan, data)
-    image_median = float(np.median(data[~bad]))
+    image_median = _median(np.asarray(image)[~bad])
 
     # 1. Candidates above the local 5×5 median.
     prefilter = ~bad & (work - image_median > (threshold - _PREFILTER_MARGIN) * sigma)
     ys, xs = np.nonzero(prefilter)
     h = _BACKGROUND_HALF
-    padded = np.pad(work, h, mode="reflect")
     if ys.size:
-        windows = sliding_window_view(padded, (2 * h + 1, 2 * h + 1))[ys, xs]
-        background = np.nanmedian(windows.reshape(ys.size, -1), axis=1)
+        # The 5×5 boxes of the candidates, reflected at the edges (as np.pad mode "reflect").
+        background = _nanmedian_rows(_boxes(work, ys, xs, h))
         value = data[ys, xs] - background
         keep = value > threshold * sigma
         ys, xs, background, value = ys[keep], xs[keep], background[keep], value[keep]
@@ -178,7 +176,7 @@ def find_and_repair(
         sharp = np.zeros(ys.size, dtype=bool)
         for dy, dx in _DIRECTIONS:
             ratio = math.exp(-(dy * dy + dx * dx) / (2.0 * psf_sigma**2))
-            pair = np.stack([padded[ys + h + dy, xs + h + dx], padded[ys + h - dy, xs + h - dx]])
+            pair = np.stack([_at(work, ys + dy, xs + dx), _at(work, ys - dy, xs - dx)])
             n_pair = np.count_nonzero(np.isfinite(pair), axis=0)
             pair_sum = np.nansum(pair - background, axis=0)
             neighbour = np.divide(pair_sum, n_pair, out=np.zeros_like(pair_sum), where=n_pair > 0)
@@ -193,7 +191,14 @@ def find_and_repair(
 
     # 3. Growth.
     if grow > 0:
-        cr_mask = ndimage.binary_dilation(cr_mask, structure=np.ones((3, 3), dtype=bool), iterations=grow)
+        # ``grow`` 3×3 dilations (outside pixels False) = one (2·grow + 1)² square dilation,
+        # done on the few seed pixels only.
+        seeds_y, seeds_x = ys, xs
+        for dy in range(-grow, grow + 1):
+            for dx in range(-grow, grow + 1):
+                yy, xx = seeds_y + dy, seeds_x + dx
+                inside = (yy >= 0) & (yy < data.shape[0]) & (xx >= 0) & (xx < data.shape[1])
+                cr_mask[yy[inside], xx[inside]] = True
     cr_mask &= ~bad
     n_flagged = int(np.count_nonzero(cr_mask))
     if n_flagged > max_fraction * n_good:
@@ -208,15 +213,59 @@ def find_and_repair(
     for half in _REPAIR_HALVES:
         if todo.size == 0:
             break
-        padded_source = np.pad(source, half, mode="reflect")
-        boxes = sliding_window_view(padded_source, (2 * half + 1, 2 * half + 1))[ys[todo], xs[todo]]
-        boxes = boxes.reshape(todo.size, -1)
+        boxes = _boxes(source, ys[todo], xs[todo], half)
         has_any = np.isfinite(boxes).any(axis=1)
         if has_any.any():
-            values[todo[has_any]] = np.nanmedian(boxes[has_any], axis=1)
+            values[todo[has_any]] = _nanmedian_rows(boxes[has_any])
         todo = todo[~has_any]
     if todo.size:
         remaining = source[np.isfinite(source)]
         values[todo] = float(np.median(remaining)) if remaining.size else image_median
     repaired[ys, xs] = values
     return repaired, cr_mask, n_cr
+
+
+def _reflect(index: np.ndarray, size: int) -> np.ndarray:
+    """Indices past either edge reflected back (the edge not repeated), as ``np.pad`` "reflect"."""
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    folded = np.mod(index, period)
+    return np.where(folded < size, folded, period - folded)
+
+
+def _at(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """``image[ys, xs]`` with out-of-range indices reflected (a reflect-padded image, not built)."""
+    return image[_reflect(ys, image.shape[0]), _reflect(xs, image.shape[1])]
+
+
+def _boxes(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int) -> np.ndarray:
+    """The ``(2·half + 1)²`` boxes centred on ``(ys, xs)``, one per row, reflected at the edges."""
+    offsets = np.arange(-half, half + 1)
+    rows = _reflect(ys[:, None] + offsets, image.shape[0])
+    cols = _reflect(xs[:, None] + offsets, image.shape[1])
+    return image[rows[:, :, None], cols[:, None, :]].reshape(ys.size, -1)
+
+
+def _nanmedian_rows(rows: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(rows, axis=1)`` (same values: the two middle values' sum / 2), NaN if none."""
+    ordered = np.sort(rows, axis=1)  # NaN last
+    counts = np.count_nonzero(~np.isnan(ordered), axis=1)
+    high = counts // 2
+    low = np.where(counts % 2 == 1, high, high - 1)
+    index = np.arange(rows.shape[0])
+    with np.errstate(invalid="ignore"):
+        result = (ordered[index, low] + ordered[index, high]) / 2.0
+    return np.where(counts > 0, result, np.nan)
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of the float64 values of ``values`` (1-D; float32 is not converted first)."""
+    work = np.array(values, dtype=values.dtype if values.dtype == np.float32 else np.float64)
+    n = work.size
+    middle = (n - 1) // 2
+    if n % 2:
+        work.partition(middle)
+        return float(work[middle])
+    work.partition([middle, middle + 1])
+    return (float(work[middle]) + float(work[middle + 1])) / 2.0

@@ -51,7 +51,9 @@ def _afw_reference(stack: np.ndarray, n_sigma: float, n_iter: int) -> tuple[np.n
     return mean, variance, n_kept
 
 
-def _astropy_reference(stack: np.ndarray, n_sigma: float, n_iter: int) -> tuple[np.ndarray, np.ndarray]:
+def _astropy_reference(
+    stack: np.ndarray, n_sigma: float, n_iter: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clipped = sigma_clip(
@@ -156,3 +158,23 @@ def test_rejects_bad_arguments() -> None:
         clip_stack(stack[0])
     with pytest.raises(ValueError):
         clip_stack(stack, scales=np.ones(3))
+
+
+@pytest.mark.parametrize("nan_fraction", [0.0, 0.02])
+def test_wide_rows_full_tiles_chunks_and_tail(nan_fraction: float) -> None:
+    # Wider than one row chunk (8 tiles): full tiles, the same-count fast path (no NaN) and a tail.
+    stack = _stack(7, shape=(3, 8 * 128 + 130), seed=11, nan_fraction=nan_fraction)
+    scales = np.linspace(0.8, 1.3, 7)
+    scaled = np.empty_like(stack)
+    for i, s in enumerate(scales):
+        np.divide(stack[i], s, out=scaled[i], casting="unsafe")
+    result = clip_stack(stack, scales=scales)
+    mean, variance, n_kept = _afw_reference(scaled, 3.0, 3)
+    np.testing.assert_array_equal(result.n_kept, n_kept)
+    np.testing.assert_allclose(result.mean, mean, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(result.variance, variance, rtol=1e-6, equal_nan=True)
+    view = clip_stack(stack[:, 1:], method="astropy")
+    ref_mean, ref_n = _astropy_reference(stack[:, 1:], 3.0, 3)
+    np.testing.assert_array_equal(view.n_kept, ref_n)
+    kept = ref_n > 0
+    np.testing.assert_allclose(view.mean[kept], ref_mean[kept], rtol=1e-5)
