@@ -31,8 +31,9 @@ Model of one amplifier (ADU unless stated)::
 
 so the variance of a flat-pair difference follows Astier et al. (2019) Eq. 16,
 ``C00 = (exp(2 a00 mu g) - 1) / (2 g² a00) + n / g²`` (``mu`` in ADU, ``n`` = read noise² in e⁻²),
-and the photon-transfer curve turns over at ``full_well_e / g`` ADU (``turnoff_adu``), where the
-clipped signal stops fluctuating. For speed the shot noise is drawn Gaussian (same mean and
+and the photon-transfer curve turns over where the clipped signal stops fluctuating: at
+``NL(full_well_e) / g = (1 - k) full_well_e / g`` ADU above the bias (``turnoff_adu``, in the
+raw, not linearised, ADU a PTC measures). For speed the shot noise is drawn Gaussian (same mean and
 variance) where the mean exceeds `GAUSSIAN_SHOT_MIN_E` electrons and Poisson below.
 
 Per detector and amplifier, fixed by ``seed`` (identical for every exposure of a camera built
@@ -398,7 +399,8 @@ class _AmpModel:
 
     @property
     def turnoff_adu(self) -> float:
-        return self.full_well_e / self.gain
+        """Mean signal (raw ADU above the bias) at which the PTC turns over: NL(full well) / gain."""
+        return (1.0 - self.nonlinearity_k) * self.full_well_e / self.gain
 
     @property
     def data_shape(self) -> tuple[int, int]:
@@ -637,7 +639,8 @@ class SimulatedCamera(CameraDriver):
             dicts) and ``amplifiers`` = ``{amp: {"gain" (actual, e⁻/ADU), "nominal_gain",
             "read_noise_e", "read_noise_adu", "bias_level_adu", "dark_current_e_per_s"
             (background, true e⁻/s), "a00" (1/e⁻), "full_well_e", "turnoff_adu"
-            (= full_well_e / gain), "nonlinearity_k", "n_hot_pixels", "n_cold_pixels"}}``.
+            (= (1 - nonlinearity_k) full_well_e / gain), "nonlinearity_k", "n_hot_pixels",
+            "n_cold_pixels"}}``.
         """
         det = self.detector_geometry(detector_id)
         models = self._amp_models(detector_id)

@@ -18,7 +18,11 @@ Per amplifier (``amp_boxes``), on the combined calibrations:
   - ``STDEV`` mode: cold if ``pixel - m <= n_sigma_cold * s`` (``n_sigma_cold`` is negative);
   - in both modes, hot if ``pixel - m >= flat_n_sigma_hot * s`` (``None`` disables this).
 
-* Non-finite pixels of either input are defects.
+* Non-finite pixels of either input are defects, and so are the pixels its mask flags BAD
+  (``bad_mask_is_defect``): the combine flags BAD the pixels that had no good input (cp_pipe's
+  ``noGoodPixelsMask``, "treated as a defect") and sets them to the image median, so no
+  threshold can find them. On a combined dark these are typically hot pixels that the
+  cosmic-ray finder flagged in every input.
 
 The hot and cold maps are OR-ed (cp_pipe's ``combinationMode='OR'`` of the combined-calibration
 mode), then, per amplifier column:
@@ -51,7 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy.table import Table
 
-from shared.images import CalibImage
+from shared.images import CalibImage, MaskPlane
 from shared.stats import clipped_stats
 
 __all__ = [
@@ -104,6 +108,8 @@ class DefectConfig:
         ``reference_amp_rows``).
     reference_amp_rows : `int`
         Amplifier height for which the two intermittent-column thresholds are given.
+    bad_mask_is_defect : `bool`
+        Pixels flagged BAD in the mask of the dark or flat are defects.
     """
 
     dark_threshold_type: str = "VALUE"
@@ -120,6 +126,7 @@ class DefectConfig:
     bad_on_off_pixel_column_threshold: int = 50
     good_pixel_column_gap_threshold: int = 30
     reference_amp_rows: int = 2000
+    bad_mask_is_defect: bool = True
 
     def __post_init__(self) -> None:
         for name in ("dark_threshold_type", "flat_threshold_type"):
@@ -294,12 +301,16 @@ def find_defects(
             amp = np.asarray(dark.image[box], dtype=np.float64)
             hot |= _dark_hot(amp, config)
             nonfinite |= ~np.isfinite(amp)
+            if config.bad_mask_is_defect:
+                nonfinite |= (np.asarray(dark.mask[box]) & int(MaskPlane.BAD)) != 0
         if flat is not None:
             amp = np.asarray(flat.image[box], dtype=np.float64)
             flat_hot, flat_cold = _flat_hot_cold(amp, config)
             hot |= flat_hot
             cold |= flat_cold
             nonfinite |= ~np.isfinite(amp)
+            if config.bad_mask_is_defect:
+                nonfinite |= (np.asarray(flat.mask[box]) & int(MaskPlane.BAD)) != 0
         bad = hot | cold | nonfinite
         n_min, gap_min = config.intermittent_thresholds(rows)
         bad = _fill_intermittent(bad, n_min, gap_min)

@@ -237,6 +237,31 @@ def build_dark(butler: Butler, request: BuildRequest) -> BuildResult:
     return _build_combined(butler, request, "dark")
 
 
+PERSISTENT_CR_FRACTION = 0.5
+"""A "cosmic ray" found at the same pixel in more than this fraction of the darks is a defect."""
+
+
+def mask_dark_cosmic_rays(images: Sequence[CalibImage], amp_boxes: Mapping[str, tuple[slice, slice]]) -> None:
+    """Flag cosmic rays on every dark input, then unflag what is found at the same pixel in most.
+
+    A hot pixel or a hot column looks like a cosmic ray on each single dark (a sharp excess), but a
+    cosmic ray does not hit the same pixel in most frames: such pixels keep their dark current in
+    the combined dark (and become defects there) instead of being rejected in every input.
+    """
+    for image in images:
+        _mask_cosmic_rays(image, amp_boxes)
+    if len(images) < 2:
+        return
+    cr = int(MaskPlane.CR)
+    counts = np.zeros(images[0].mask.shape, dtype=np.int32)
+    for image in images:
+        counts += (image.mask & cr) != 0
+    persistent = counts > PERSISTENT_CR_FRACTION * len(images)
+    if persistent.any():
+        for image in images:
+            image.mask[persistent] &= ~cr
+
+
 def _build_combined(butler: Butler, request: BuildRequest, calib_type: str) -> BuildResult:
     name = request.instrument.name
     collection = type_collection(name, request.run_id, calib_type)
@@ -257,11 +282,11 @@ def _build_combined(butler: Butler, request: BuildRequest, calib_type: str) -> B
         for exposure, raw, det, isr in _isr_inputs(butler, request, detector_id):
             first, geometry, amp_boxes = first or raw, geometry or det, isr.amp_boxes
             scale = raw.dark_time if calib_type == "dark" else 1.0
-            if calib_type == "dark":
-                _mask_cosmic_rays(isr.image, amp_boxes)
             images.append(isr.image)
             inputs.append(_input_record(exposure, raw, scale))
         assert first is not None and geometry is not None
+        if calib_type == "dark":
+            mask_dark_cosmic_rays(images, amp_boxes)
         result.dataset_ids[detector_id] = _combine_and_put(
             butler, request, calib_type, detector_id, geometry, first, images, inputs, amp_boxes, reject
         )
@@ -320,23 +345,41 @@ def build_flat(butler: Butler, request: BuildRequest) -> BuildResult:
     if not missing:
         return result
     # Pass 1: the clipped mean of every input of every detector (the focal-plane normalisation
-    # needs all of them before any detector can be combined).
+    # needs all of them before any detector can be combined). The ISR outputs of one detector to
+    # build (processed last) are kept, so that pass 2 does not run ISR on them again; memory
+    # stays at one detector's inputs, as in pass 2.
+    keep_id = missing[-1]
+    order = [d for d in request.detectors if d != keep_id] + [keep_id]
     means: dict[tuple[int, int], float] = {}
-    for detector_id in request.detectors:
-        for exposure, _raw, _det, isr in _isr_inputs(butler, request, detector_id):
+    kept: list[tuple[int, dict[str, object], CalibImage]] = []  # (exposure, input record, image)
+    kept_first: tuple[RawDetectorImage, Detector] | None = None
+    kept_boxes: Mapping[str, tuple[slice, slice]] = {}
+    for detector_id in order:
+        for exposure, raw, det, isr in _isr_inputs(butler, request, detector_id):
             good = isr.image.mask == 0
             means[(detector_id, exposure)] = clipped_stats(isr.image.image[good], 3.0, 3).mean
+            if detector_id == keep_id:
+                kept.append((exposure, _input_record(exposure, raw, 1.0), isr.image))
+                kept_first = kept_first or (raw, det)
+                kept_boxes = isr.amp_boxes
     scales = flat_scales(means)
-    # Pass 2: ISR again, one detector at a time, and combine (memory: one detector's inputs).
-    for detector_id in missing:
+    # Pass 2: one detector at a time (ISR again except for the kept one), and combine.
+    for detector_id in [keep_id] + [d for d in missing if d != keep_id]:
         images: list[CalibImage] = []
         inputs: list[dict[str, object]] = []
         first = geometry = None
         amp_boxes: Mapping[str, tuple[slice, slice]] = {}
-        for exposure, raw, det, isr in _isr_inputs(butler, request, detector_id):
-            first, geometry, amp_boxes = first or raw, geometry or det, isr.amp_boxes
-            images.append(isr.image)
-            inputs.append(_input_record(exposure, raw, scales[(detector_id, exposure)]))
+        if detector_id == keep_id and kept_first is not None:
+            (first, geometry), amp_boxes = kept_first, kept_boxes
+            for exposure, record, kept_image in kept:
+                images.append(kept_image)
+                inputs.append({**record, "scale": scales[(detector_id, exposure)]})
+            kept = []
+        else:
+            for exposure, raw, det, isr in _isr_inputs(butler, request, detector_id):
+                first, geometry, amp_boxes = first or raw, geometry or det, isr.amp_boxes
+                images.append(isr.image)
+                inputs.append(_input_record(exposure, raw, scales[(detector_id, exposure)]))
         assert first is not None and geometry is not None
         result.dataset_ids[detector_id] = _combine_and_put(
             butler,
@@ -385,10 +428,25 @@ def build_defects(butler: Butler, request: BuildRequest) -> BuildResult:
     return result
 
 
+def _bias_in_adu(bias: CalibImage, geometry: Detector) -> CalibImage:
+    """A combined bias (e⁻ at the nominal gains) converted to ADU amplifier by amplifier."""
+    image = bias.image.astype(np.float32, copy=True)
+    variance = bias.variance.astype(np.float32, copy=True)
+    for amp in geometry.amplifiers:
+        image[amp.detector_slice] /= np.float32(amp.gain)
+        variance[amp.detector_slice] /= np.float32(amp.gain**2)
+    return CalibImage(image=image, mask=bias.mask.copy(), variance=variance, header=bias.header.copy())
+
+
 def _ptc_measurements(
     butler: Butler, request: BuildRequest, detector_id: int
 ) -> tuple[dict[str, list[Any]], Detector]:
-    """Flat pairs of one detector (matched by exposure time), ISR'd in ADU, measured per amplifier."""
+    """Flat pairs of one detector (matched by exposure time), ISR'd in ADU, measured per amplifier.
+
+    The ISR is overscan, trim and, when the request has a bias source, subtraction of the
+    combined bias converted to ADU (the PTC means must not include the 2-D bias structure,
+    which the overscans do not remove; it cancels in the pair difference but not in the means).
+    """
     from services.generator.ptc import extract_pair, pair_exposures
 
     name = request.instrument.name
@@ -399,15 +457,17 @@ def _ptc_measurements(
     pairs = pair_exposures(times)
     measurements: dict[str, list[Any]] = {}
     geometry: Detector | None = None
+    bias_adu: CalibImage | None = None
     isr_config = IsrConfig(apply_gains=False)
     for first_id, second_id in pairs:
         images = []
         for exposure in (first_id, second_id):
             raw = load_raw(butler, name, exposure, detector_id)
             geometry = detector_for_raw(request.instrument, raw)
-            # PTC inputs stay in ADU: overscan and trim only (the bias level is removed by the
-            # overscan and cancels in the pair difference).
-            images.append(run_isr(raw, geometry, config=isr_config))
+            if bias_adu is None and "bias" in request.sources:
+                bias_e = load_calibration(butler, request.sources["bias"], name, detector_id, exposure)
+                bias_adu = _bias_in_adu(bias_e, geometry)
+            images.append(run_isr(raw, geometry, config=isr_config, bias=bias_adu))
         per_amp = extract_pair(images[0].image, images[1].image, images[0].amp_boxes)
         for amp, measurement in per_amp.items():
             measurements.setdefault(amp, []).append(measurement)

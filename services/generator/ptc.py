@@ -22,6 +22,17 @@ pixels excluded:
   Their inverse standard errors are ``1/sqrt(Var(C_ij))`` with ``Var(C_ij) = (½·var(d))²/n``
   (twice that at (0, 0)).
 
+Departures from cp_pipe, because cpflow's ISR neither linearises nor models the overscan noise:
+
+* ``variance`` excludes the noise common to whole rows or columns of one exposure (the per-row
+  serial and per-column parallel overscan medians add ~(π/2)·σ²·(1/58 + 1/42) ≈ 6 % to the
+  read-noise variance): the excess variance of the row and column means of the difference over
+  the pixel noise is subtracted (``remove_line_noise``; `PairMeasurement.line_noise_variance`).
+* ``fit_nonlinearity`` (default) adds a residual-nonlinearity factor ``1 − c·(μg)²`` to Eq. 16
+  and starts the outlier rejection from every point below the roll-over (`_rollover_mean`)
+  instead of the points under ``max_signal_initial_e``; the outlier fits are then weighted by
+  1/sqrt(variance). ``fit_nonlinearity=False`` is cp_pipe's procedure.
+
 Solve (`solve_ptc`), per amplifier:
 
 1. pre-selection: finite, ``0 < mean < 1e6`` ADU, variance > 0;
@@ -92,6 +103,10 @@ _EXP_UPPER = (0.0, 10.0, 2000.0)
 _EXP_START = (-2e-6, 1.5, 25.0)
 _A_SCALE = 1e6
 """a00 is fitted as ``a00 * 1e6`` so that the three parameters have similar magnitudes."""
+_NL_SCALE = 1e11
+"""The nonlinearity coefficient (1/e⁻², ~1e-11) is fitted as ``c * 1e11``."""
+_NL_BOUND = 1e-10
+"""Bound on ``|c|``: a 100 % variance deficit at 100 000 e⁻."""
 _FULL_PIXELS = 10_000
 """cp_pipe's minimum number of pixels per amplifier and pair."""
 
@@ -163,6 +178,9 @@ class PairMeasurement:
         Clipped means of the two exposures (ADU).
     row_mean_variance : `float`
         Clipped variance of the row means of the difference image (ADU²).
+    line_noise_variance : `float`
+        Noise common to whole rows or whole columns of one exposure (ADU², on the scale of
+        ``variance``) that was removed from ``variance`` (0 if not removed; see `extract_pair`).
     valid : `bool`
         False if the pair cannot be used (non-positive mean, too few pixels, NaNs).
     """
@@ -177,6 +195,7 @@ class PairMeasurement:
     mean1: float = math.nan
     mean2: float = math.nan
     row_mean_variance: float = math.nan
+    line_noise_variance: float = 0.0
     valid: bool = True
 
     @property
@@ -258,6 +277,7 @@ def extract_pair(
     exposure_time: float | None = None,
     min_pixels: int | None = None,
     mask_planes: int = DEFAULT_MASK_PLANES,
+    remove_line_noise: bool = True,
 ) -> dict[str, PairMeasurement]:
     """Measure mean, variance and covariances of one flat pair, per amplifier.
 
@@ -280,6 +300,9 @@ def extract_pair(
         (cp_pipe's 10 000 on full-size amplifiers, scaled for small simulated frames).
     mask_planes : `int`
         `MaskPlane` bits whose pixels are excluded.
+    remove_line_noise : `bool`
+        Remove from ``variance`` the noise common to whole rows and whole columns of one
+        exposure (see below).
 
     Returns
     -------
@@ -327,27 +350,46 @@ def extract_pair(
             var_c = half_var**2 / n_pix
             var_c[0, 0] *= 2.0
             cov_weights = 1.0 / np.sqrt(var_c)
-        counts = good.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            row_means = np.where(good, centred, 0.0).sum(axis=1) / counts
-        row_means = row_means[counts > 0]
-        row_var = (
-            clipped_stats(row_means, n_sigma=n_sigma, n_iter=n_iter).variance if row_means.size else math.nan
-        )
+        row_var, row_excess = _line_excess(centred, good, stats.variance, 1, n_sigma, n_iter)
+        _, column_excess = _line_excess(centred, good, stats.variance, 0, n_sigma, n_iter)
+        line_noise = 0.5 * (row_excess + column_excess) if remove_line_noise else 0.0
+        if not np.isfinite(line_noise):
+            line_noise = 0.0
         results[name] = PairMeasurement(
             exposure_ids=exposure_ids,
             exposure_time=exposure_time,
             mean=float(mu),
-            variance=float(half_var * correction),
+            variance=float((half_var - line_noise) * correction),
             covariances=0.5 * cov * correction,
             cov_weights=cov_weights / correction,
             n_pixels=n_good,
             mean1=float(mu1),
             mean2=float(mu2),
             row_mean_variance=float(row_var),
+            line_noise_variance=float(line_noise * correction),
             valid=True,
         )
     return results
+
+
+def _line_excess(
+    centred: np.ndarray, good: np.ndarray, variance: float, axis: int, n_sigma: float, n_iter: int
+) -> tuple[float, float]:
+    """Clipped variance of the line means of ``centred`` and its excess over pixel noise (ADU²).
+
+    ``axis=1`` averages along rows (one mean per row), ``axis=0`` along columns. With
+    independent pixels of variance ``variance`` the line means have variance
+    ``variance · mean(1/n_line)``; the excess is the variance of a component common to whole
+    lines (its expectation is 0 without one, so it is not clipped at 0).
+    """
+    counts = good.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(good, centred, 0.0).sum(axis=axis) / counts
+    used = counts > 1
+    if used.sum() < 3:
+        return math.nan, math.nan
+    line_var = clipped_stats(means[used], n_sigma=n_sigma, n_iter=n_iter).variance
+    return float(line_var), float(line_var - variance * np.mean(1.0 / counts[used]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,26 +400,37 @@ def exp_approximation_model(params: Sequence[float] | np.ndarray, means: np.ndar
     """Astier+19 Eq. 16: ``C00(μ) = (exp(2·a00·μ·g) − 1)/(2·a00·g²) + n00/g²`` (μ in ADU).
 
     ``params = (a00 [1/e⁻], g [e⁻/ADU], n00 [e⁻²])``; the a00 → 0 limit is ``μ/g + n00/g²``.
+    An optional fourth parameter ``c`` (1/e⁻²) multiplies the shot-noise term by
+    ``1 − c·(μ·g)²``: the variance deficit of a quadratic amplifier nonlinearity
+    ``ADU = e/g·(1 − k·(e/FW)²)`` seen through a non-linearised ISR (``c ≈ 5k/FW²``, see
+    `solve_ptc`).
     """
-    a00, gain, noise_sq = (float(p) for p in params)
+    a00, gain, noise_sq = (float(p) for p in params[:3])
+    nonlinearity = float(params[3]) if len(params) > 3 else 0.0
     means = np.asarray(means, dtype=np.float64)
     x = 2.0 * a00 * means * gain
     small = np.abs(x) < 1e-10
     safe = np.where(small, 1.0, x)
     ratio = np.where(small, 1.0 + 0.5 * x, np.expm1(safe) / safe)
+    if nonlinearity != 0.0:
+        ratio = ratio * (1.0 - nonlinearity * (means * gain) ** 2)
     return means / gain * ratio + noise_sq / gain**2
 
 
 def _fit_exp(
     means: np.ndarray, variances: np.ndarray, weights: np.ndarray | None, start: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Bounded least squares of Eq. 16; returns ``(params, errors scaled by χ²_red, χ²_red)``."""
+    """Bounded least squares of Eq. 16 (with the nonlinearity term when ``start`` has 4 values).
+
+    Returns ``(params, errors scaled by χ²_red, χ²_red)``.
+    """
     means = np.asarray(means, dtype=np.float64)
     variances = np.asarray(variances, dtype=np.float64)
     w = np.ones_like(means) if weights is None else np.asarray(weights, dtype=np.float64)
-    scale = np.array([_A_SCALE, 1.0, 1.0])
-    lower = np.array(_EXP_LOWER) * scale
-    upper = np.array(_EXP_UPPER) * scale
+    n_par = len(start)
+    scale = np.array([_A_SCALE, 1.0, 1.0, _NL_SCALE])[:n_par]
+    lower = np.array((*_EXP_LOWER, -_NL_BOUND))[:n_par] * scale
+    upper = np.array((*_EXP_UPPER, _NL_BOUND))[:n_par] * scale
     span = upper - lower
     x0 = np.clip(np.asarray(start, dtype=np.float64) * scale, lower + 1e-6 * span, upper - 1e-6 * span)
 
@@ -392,7 +445,7 @@ def _fit_exp(
         cov = np.linalg.pinv(fit.jac.T @ fit.jac) * (chi2_red if np.isfinite(chi2_red) else 1.0)
         errors = np.sqrt(np.clip(np.diag(cov), 0.0, None)) / scale
     except np.linalg.LinAlgError:
-        errors = np.full(3, math.nan)
+        errors = np.full(n_par, math.nan)
     return params, errors, chi2_red
 
 
@@ -642,6 +695,28 @@ class AmpPtc:
     full_covariance: FullCovarianceFit | None = None
 
 
+def _rollover_mean(means: np.ndarray, variances: np.ndarray, valid: np.ndarray, drop: float) -> float:
+    """Mean (ADU) of the first point of the PTC roll-over, ``inf`` if the PTC does not roll over.
+
+    Going up in mean, the roll-over starts at the first point from which on *every* variance is
+    more than ``drop`` below the largest variance seen under it: past full well the pixels stop
+    fluctuating, so the variance collapses and stays low (a single low outlier pair does not
+    qualify, the points after it recover).
+    """
+    order = [i for i in np.argsort(means, kind="stable").tolist() if valid[i]]
+    if len(order) < 2:
+        return math.inf
+    ordered = variances[order]
+    # suffix_max[k] = largest variance of the points from k on.
+    suffix_max = np.maximum.accumulate(ordered[::-1])[::-1]
+    running = -math.inf
+    for k, index in enumerate(order):
+        if k > 0 and suffix_max[k] < (1.0 - drop) * running:
+            return float(means[index])
+        running = max(running, float(ordered[k]))
+    return math.inf
+
+
 def _jump_cut(keep: np.ndarray, means: np.ndarray, valid: np.ndarray, max_delta: float) -> np.ndarray:
     """Reject every point from the first kept one that follows a rejected one by ≥ ``max_delta``."""
     keep = keep.copy()
@@ -688,6 +763,8 @@ def solve_ptc(
     min_mean_signal: float = 0.0,
     max_mean_signal: float = 1e6,
     full_cov_range: int = 4,
+    fit_nonlinearity: bool = True,
+    rollover_drop: float = 0.05,
 ) -> dict[str, AmpPtc]:
     """Fit the PTC of every amplifier (see the module docstring for the algorithm).
 
@@ -709,6 +786,15 @@ def solve_ptc(
         Pre-selection window on the means (ADU; exclusive).
     full_cov_range : `int`
         Lags ``0..full_cov_range-1`` used by the FULLCOVARIANCE fit (capped by the measured range).
+    fit_nonlinearity : `bool`
+        Fit the residual-nonlinearity term ``c`` of `exp_approximation_model` as a fourth
+        parameter (the flats are not linearised by cpflow's ISR). Without it a 1–2 % quadratic
+        nonlinearity at full well is absorbed into a00 and g (gain biased by ~1 %) and rejects
+        the points above ~half full well, so the turnoff comes out far too low.
+    rollover_drop : `float`
+        With ``fit_nonlinearity``, the outlier rejection starts from the points below the PTC
+        roll-over: the first point (by mean) from which on every variance is more than this
+        fraction below the largest variance of the points under it (`_rollover_mean`).
 
     Returns
     -------
@@ -736,14 +822,31 @@ def solve_ptc(
         approx_gain = float(np.median(means[valid] / variances[valid]))
         max_initial = max_signal_initial_e / approx_gain
         max_delta = max_delta_initial_e / approx_gain
-        mask = valid & (means <= max_initial) & (variances <= max_initial)
+        if fit_nonlinearity:
+            # The model follows the PTC up to full well: start from every point below the
+            # roll-over instead of the low-signal points only.
+            mask = valid & (means < _rollover_mean(means, variances, valid, rollover_drop))
+        else:
+            mask = valid & (means <= max_initial) & (variances <= max_initial)
         if mask.sum() < 3:
             lowest = [i for i in np.argsort(means).tolist() if valid[i]][:3]
             mask = np.zeros_like(valid)
             mask[lowest] = True
-        start = _start(means[valid], variances[valid])
+        start: tuple[float, ...] = _start(means[valid], variances[valid])
+        if fit_nonlinearity:
+            start = (*start, 0.0)
+        # cp_pipe's outlier fits are unweighted, over the low-signal points only. Over the whole
+        # PTC they are weighted by 1/sqrt(variance), the scale of the rejection residual below,
+        # or the brightest points alone would set the model at low signal.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            outlier_weights = 1.0 / np.sqrt(variances) if fit_nonlinearity else None
         for _ in range(max_iterations):
-            params, _, _ = _fit_exp(means[mask], variances[mask], None, start)
+            params, _, _ = _fit_exp(
+                means[mask],
+                variances[mask],
+                None if outlier_weights is None else outlier_weights[mask],
+                start,
+            )
             model = exp_approximation_model(params, np.where(valid, means, 0.0))
             with np.errstate(invalid="ignore", divide="ignore"):
                 residual = (variances - model) / np.sqrt(variances)
@@ -754,7 +857,7 @@ def solve_ptc(
             if np.array_equal(new_mask, mask):
                 break
             mask = new_mask
-            start = (float(params[0]), float(params[1]), float(params[2]))
+            start = tuple(float(p) for p in params)
         if mask.sum() < 3:
             results[name] = _bad_amp(name, fit_type, means, variances)
             continue
@@ -762,7 +865,7 @@ def solve_ptc(
         if not np.all(np.isfinite(weights[mask])):
             weights = np.ones_like(means)
         params, errors, chi2_red = _fit_exp(means[mask], variances[mask], weights[mask], start)
-        a00, gain, noise_sq = (float(p) for p in params)
+        a00, gain, noise_sq = (float(p) for p in params[:3])
         noise = math.sqrt(abs(noise_sq))
         noise_err = 0.5 * float(errors[2]) / noise if noise > 0 else math.nan
         turnoff = float(means[mask].max())

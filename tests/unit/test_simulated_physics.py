@@ -98,7 +98,7 @@ def test_truth_scalars(tmp_path: Path) -> None:
         assert t["read_noise_adu"] == pytest.approx(amp.read_noise / t["gain"])
         assert A00_RANGE[0] <= t["a00"] <= A00_RANGE[1]
         assert FULL_WELL_RANGE_E[0] <= t["full_well_e"] <= FULL_WELL_RANGE_E[1]
-        assert t["turnoff_adu"] == pytest.approx(t["full_well_e"] / t["gain"])
+        assert t["turnoff_adu"] == pytest.approx((1 - t["nonlinearity_k"]) * t["full_well_e"] / t["gain"])
         assert 0.01 <= t["nonlinearity_k"] <= 0.02
     assert all(0.95 <= r <= 1.05 for r in ratios)
     assert np.std(ratios) > 0.01  # the gains really differ from the nominal ones
@@ -257,7 +257,7 @@ async def test_photon_transfer_follows_astier_eq16_and_turns_off(tmp_path: Path)
     stats = pair_stats(cam, await take(cam, "FLAT", 100.0), await take(cam, "FLAT", 100.0))
     for name, (mu, c00) in stats.items():
         t = truth[name]
-        assert mu == pytest.approx(t["turnoff_adu"] * (1 - t["nonlinearity_k"]), rel=0.003)
+        assert mu == pytest.approx(t["turnoff_adu"], rel=0.003)
         assert c00 < 1.3 * t["read_noise_adu"] ** 2
 
 
