@@ -275,6 +275,51 @@ def test_faulty_bias_stops_the_chain_and_fails_the_run(stack: Settings, configs:
     assert "MEAN" in text and "skipped" in text
 
 
+def test_clean_camera_passes_where_the_faulty_one_fails(stack: Settings, configs: Path) -> None:
+    """The control of the fault tests: the same run without the fault is certified."""
+    config = write_config(
+        configs,
+        script_mode="BIAS_DARK",
+        calib_collection="LATISS/calib/clean",
+        certify_calib_begin_date="2030-01-01",
+        certify_calib_end_date="2030-12-31",
+        simulator={"seed": 12, "amp_data_shape": list(AMP_SHAPE)},
+    )
+    _, view = run(stack, config, expect=0)
+    for calib_type in ("bias", "dark"):
+        assert view["types"][calib_type]["verification"]["verdict"] == "PASSED"
+        assert view["types"][calib_type]["certification"]["certified"] is True
+
+
+def test_ramp_in_the_darks_fails_the_dark_only(stack: Settings, configs: Path) -> None:
+    before = metric(
+        stack, "verifier", 'cpflow_verification_decisions_total{calib_type="dark",verdict="FAILED"}'
+    )
+    config = write_config(
+        configs,
+        script_mode="BIAS_DARK",
+        calib_collection="LATISS/calib/ramp",
+        certify_calib_begin_date="2031-01-01",
+        certify_calib_end_date="2031-12-31",
+        simulator={
+            "seed": 13,
+            "amp_data_shape": list(AMP_SHAPE),
+            "faults": [{"kind": "dark_ramp", "step_e_per_s": 3.0}],
+        },
+    )
+    _, view = run(stack, config, expect=1)
+    bias, dark = view["types"]["bias"], view["types"]["dark"]
+    assert bias["certification"]["certified"] is True  # the bias was fine and is kept
+    assert dark["verification"]["verdict"] == "FAILED"
+    assert "MEAN" in dark["verification"]["failed_tests"]
+    assert dark["certification"]["certified"] is False
+    assert any(error.startswith("verify: dark failed verification") for error in view["errors"])
+    after = metric(
+        stack, "verifier", 'cpflow_verification_decisions_total{calib_type="dark",verdict="FAILED"}'
+    )
+    assert after == before + 1
+
+
 def test_overlapping_validity_range_is_a_reported_failure(stack: Settings, configs: Path) -> None:
     def bias_run(begin: str, end: str, expect: int) -> dict[str, Any]:
         config = write_config(
