@@ -130,6 +130,7 @@ __all__ = [
     "SimulatedCamera",
     "assemble",
     "fits_section",
+    "unassemble",
 ]
 
 DEFAULT_DARK_CURRENT_E_PER_S = 0.02
@@ -245,6 +246,19 @@ def assemble(detector: Detector, amp_data: dict[str, np.ndarray]) -> np.ndarray:
         if amp.flip_x:
             data = data[:, ::-1]
         out[amp.detector_slice] = data
+    return out
+
+
+def unassemble(detector: Detector, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Inverse of `assemble`: a detector-orientation image → per-amplifier readout-order views."""
+    out: dict[str, np.ndarray] = {}
+    for amp in detector.amplifiers:
+        data = image[amp.detector_slice]
+        if amp.flip_x:
+            data = data[:, ::-1]
+        if amp.flip_y:
+            data = data[::-1, :]
+        out[amp.name] = data
     return out
 
 

@@ -13,9 +13,10 @@ from astropy.io import fits
 from astropy.time import Time
 
 from services.acquirer.camera import CameraDriver, CameraError, ExposureRequest
-from services.acquirer.simulated_camera import READOUT_OVERHEAD_S, SimulatedCamera, assemble
+from services.acquirer.simulated_camera import READOUT_OVERHEAD_S, SimulatedCamera, assemble, unassemble
 from shared.images import RawDetectorImage
-from shared.instruments import Detector, get_instrument
+from shared.instruments import get_instrument
+from tests.unit.rawtools import overscan_corrected
 
 ROWS, COLS = 40, 30
 NOW = datetime(2026, 11, 28, 3, 15, 0, tzinfo=UTC)  # day_obs 20261127
@@ -53,29 +54,6 @@ def bias_request() -> ExposureRequest:
 def read_raw(path: Path) -> RawDetectorImage:
     with fits.open(path) as hdul:
         return RawDetectorImage.from_hdulist(hdul)
-
-
-def overscan_corrected(raw: RawDetectorImage, det: Detector) -> dict[str, np.ndarray]:
-    """Data section minus the per-row median of the serial overscan, ADU (readout order)."""
-    out = {}
-    for amp in det.amplifiers:
-        arr = raw.amplifiers[amp.name].astype(np.float64)
-        overscan = np.median(arr[amp.serial_overscan_slice], axis=1)
-        out[amp.name] = arr[amp.data_slice] - overscan[:, None]
-    return out
-
-
-def unassemble(det: Detector, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Inverse of `assemble`: detector-orientation image → per-amp readout-order data."""
-    out = {}
-    for amp in det.amplifiers:
-        data = image[amp.detector_slice]
-        if amp.flip_x:
-            data = data[:, ::-1]
-        if amp.flip_y:
-            data = data[::-1, :]
-        out[amp.name] = data
-    return out
 
 
 async def test_bias_file_layout_and_headers(tmp_path: Path) -> None:

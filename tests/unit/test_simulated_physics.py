@@ -19,11 +19,13 @@ from services.acquirer.simulated_camera import (
     FULL_WELL_RANGE_E,
     PIXEL_SIZE_CM,
     SimulatedCamera,
+    unassemble,
 )
 from shared.images import RawDetectorImage
-from shared.instruments import AmplifierGeometry, Detector, get_instrument
+from shared.instruments import AmplifierGeometry, get_instrument
 from shared.isr import IsrConfig, run_isr
 from shared.runconfig import SimulatorConfig, SimulatorFault
+from tests.unit.rawtools import overscan_corrected
 
 NOW = datetime(2026, 11, 28, 3, 15, 0, tzinfo=UTC)
 
@@ -60,28 +62,6 @@ def level_sigma(amp: AmplifierGeometry, n_pixels: int, signal_e: float = 0.0) ->
     rows = min(n_pixels, amp.data_rows)
     overscan = 1.25 * amp.read_noise / np.sqrt(amp.serial_overscan_cols - 6)
     return float(np.sqrt((max(signal_e, 0.0) + amp.read_noise**2) / n_pixels + overscan**2 / rows))
-
-
-def corrected_adu(raw: RawDetectorImage, det: Detector) -> dict[str, np.ndarray]:
-    """Data section minus the per-row median of the serial overscan, ADU (readout order)."""
-    out = {}
-    for amp in det.amplifiers:
-        arr = raw.amplifiers[amp.name].astype(np.float64)
-        out[amp.name] = arr[amp.data_slice] - np.median(arr[amp.serial_overscan_slice], axis=1)[:, None]
-    return out
-
-
-def unassemble(det: Detector, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Detector-orientation image → per-amp readout-order data sections."""
-    out = {}
-    for amp in det.amplifiers:
-        data = image[amp.detector_slice]
-        if amp.flip_x:
-            data = data[:, ::-1]
-        if amp.flip_y:
-            data = data[::-1, :]
-        out[amp.name] = data
-    return out
 
 
 def test_truth_scalars(tmp_path: Path) -> None:
@@ -219,7 +199,7 @@ def pair_stats(
 ) -> dict[str, tuple[float, float]]:
     """Per amplifier: mean (ADU, bias structure removed) and var(difference) / 2 (ADU²)."""
     det = cam.detector_geometry(0)
-    ca, cb = corrected_adu(a, det), corrected_adu(b, det)
+    ca, cb = overscan_corrected(a, det), overscan_corrected(b, det)
     structure = unassemble(det, cam.bias_structure_e(0))
     good = unassemble(det, ~cam.defect_mask(0)["any"])
     out = {}
