@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "CAMERAS",
     "FAULT_KINDS",
     "INSTRUMENTS",
+    "PTC_FIT_TYPES",
     "ConfigurationError",
     "RunConfiguration",
     "ScriptMode",
@@ -131,6 +133,10 @@ class TestCase(BaseModel):
     initial_step: int | None = None
     project: str | None = None
 
+
+PTC_FIT_TYPES: tuple[str, ...] = ("EXPAPPROXIMATION", "FULLCOVARIANCE", "FULLCOVARIANCE_NO_B")
+"""PTC fit types, chosen as in cp_pipe with ``config_options_ptc: "-c ptcSolve:ptcFitType=..."``."""
+_PTC_FIT_TYPE_OPTION = re.compile(r"ptcFitType\s*=\s*([A-Za-z_]+)")
 
 FAULT_KINDS: tuple[str, ...] = ("light_leak", "hot_amplifier", "dark_ramp")
 """Kinds of `SimulatorFault`."""
@@ -641,6 +647,16 @@ def _prepare(data: Any, field_names: list[str]) -> dict[str, Any]:
     if instrument is not None:
         _check_instrument_keys(raw, instrument, simulated, errors)
 
+    # The one pipetask option cpflow interprets: the PTC fit type.
+    options = raw.get("config_options_ptc")
+    if isinstance(options, str):
+        match = _PTC_FIT_TYPE_OPTION.search(options)
+        if match and match.group(1) not in PTC_FIT_TYPES:
+            errors.append(
+                f"config_options_ptc: unknown ptcFitType {match.group(1)!r}; "
+                f"valid fit types are: {', '.join(PTC_FIT_TYPES)}"
+            )
+
     # Options that only apply to BIAS_DARK_FLAT. do_gain_from_flat_pairs defaults to true, so it simply
     # does not apply in the other modes.
     if mode is not None and mode != ScriptMode.BIAS_DARK_FLAT:
@@ -768,7 +784,8 @@ class RunConfiguration(BaseModel):
     number_verification_tests_threshold_bias, _dark, _flat : `int`
         Per-test failure threshold (a maximum-failures count, as in the reference code).
     config_options_bias, _dark, _flat, _defects, _ptc : `str`
-        Extra pipetask options, appended verbatim.
+        Extra pipetask options of the reference, recorded. cpflow interprets one:
+        ``ptcFitType=EXPAPPROXIMATION|FULLCOVARIANCE|FULLCOVARIANCE_NO_B`` in ``config_options_ptc``.
     do_defects, do_ptc : `bool`
         Also make defects / a PTC (BIAS_DARK_FLAT only).
     do_gain_from_flat_pairs : `bool`
@@ -937,6 +954,12 @@ class RunConfiguration(BaseModel):
             if self.do_gain_from_flat_pairs and not self.do_ptc:
                 types.append("gain")
         return types
+
+    @property
+    def ptc_fit_type(self) -> str:
+        """The PTC fit type: ``ptcFitType=...`` in ``config_options_ptc``, else EXPAPPROXIMATION."""
+        match = _PTC_FIT_TYPE_OPTION.search(self.config_options_ptc)
+        return match.group(1) if match else PTC_FIT_TYPES[0]
 
     def threshold(self, image_type: str) -> int:
         """``number_verification_tests_threshold_<type>`` for ``image_type``."""

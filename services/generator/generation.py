@@ -492,7 +492,7 @@ def build_ptc(butler: Butler, request: BuildRequest) -> BuildResult:
             result.dataset_ids[detector_id] = existing
             continue
         measurements, geometry = _ptc_measurements(butler, request, detector_id)
-        solved = solve_ptc(measurements)
+        solved = solve_ptc(measurements, fit_type=request.config.ptc_fit_type)
         table = ptc_table(solved, measurements)
         table.meta.update(
             {"INSTRUME": name, "DETECTOR": detector_id, "DETNAME": geometry.name, "CPFRUNID": request.run_id}

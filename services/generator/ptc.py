@@ -355,12 +355,18 @@ def extract_pair(
         line_noise = 0.5 * (row_excess + column_excess) if remove_line_noise else 0.0
         if not np.isfinite(line_noise):
             line_noise = 0.0
+        half_cov = 0.5 * cov
+        if line_noise != 0.0:
+            # A term common to a whole row is correlated at every lag along the row (cov[dx, 0]),
+            # one common to a whole column at every lag along the column (cov[0, dy]).
+            half_cov[:, 0] -= 0.5 * row_excess
+            half_cov[0, :] -= 0.5 * column_excess
         results[name] = PairMeasurement(
             exposure_ids=exposure_ids,
             exposure_time=exposure_time,
             mean=float(mu),
             variance=float((half_var - line_noise) * correction),
-            covariances=0.5 * cov * correction,
+            covariances=half_cov * correction,
             cov_weights=cov_weights / correction,
             n_pixels=n_good,
             mean1=float(mu1),

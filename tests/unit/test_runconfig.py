@@ -295,3 +295,14 @@ def test_direct_construction_raises_configuration_error() -> None:
     with pytest.raises(ConfigurationError) as info:
         RunConfiguration(instrument="HSC", script_mode="BIAS")
     assert info.value.errors[0].startswith("instrument: unknown instrument 'HSC'")
+
+
+def test_ptc_fit_type_from_config_options() -> None:
+    base = {"instrument": "LATISS", "script_mode": "BIAS_DARK_FLAT", "do_ptc": True}
+    assert validate_run_configuration(base).ptc_fit_type == "EXPAPPROXIMATION"
+    chosen = {**base, "config_options_ptc": "-c ptcSolve:ptcFitType=FULLCOVARIANCE"}
+    assert validate_run_configuration(chosen).ptc_fit_type == "FULLCOVARIANCE"
+    with pytest.raises(ConfigurationError) as info:
+        validate_run_configuration({**base, "config_options_ptc": "-c ptcSolve:ptcFitType=POLYNOMIAL"})
+    assert info.value.errors[0].startswith("config_options_ptc: unknown ptcFitType 'POLYNOMIAL'")
+    assert "FULLCOVARIANCE_NO_B" in info.value.errors[0]

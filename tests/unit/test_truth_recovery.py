@@ -42,7 +42,14 @@ from services.acquirer.simulated_camera import DEFAULT_FLAT_FLUX_E_PER_S, Simula
 from services.generator.combine import combine_clipped_mean
 from services.generator.defects import find_defects
 from services.generator.generation import _bias_in_adu, mask_dark_cosmic_rays
-from services.generator.ptc import AmpPtc, extract_pair, pair_exposures, solve_ptc
+from services.generator.ptc import (
+    AmpPtc,
+    PairMeasurement,
+    extract_pair,
+    gain_from_flat_pairs,
+    pair_exposures,
+    solve_ptc,
+)
 from shared.images import CalibImage, MaskPlane, RawDetectorImage
 from shared.instruments import Detector, get_instrument
 from shared.isr import IsrConfig, run_isr
@@ -106,6 +113,7 @@ class Products:
     n_cosmic_rays: list[int]
     flat: CalibImage
     ptc: dict[str, AmpPtc]
+    pairs: dict[str, list[PairMeasurement]]
 
 
 def _take(cam: SimulatedCamera, image_type: str, exptime: float) -> RawDetectorImage:
@@ -172,7 +180,7 @@ def products(tmp_path_factory: pytest.TempPathFactory) -> Products:
             exp_id = int(raw.header["EXPID"])
             images[exp_id] = run_isr(raw, det, config=adu, bias=bias_adu).image
             times.append((exp_id, raw.exposure_time))
-    measurements: dict[str, list] = {}
+    measurements: dict[str, list[PairMeasurement]] = {}
     for first, second in pair_exposures(times):
         pair = extract_pair(images.pop(first), images.pop(second), amp_boxes)
         for amp, measurement in pair.items():
@@ -191,6 +199,7 @@ def products(tmp_path_factory: pytest.TempPathFactory) -> Products:
         n_cosmic_rays=n_cr,
         flat=flat,
         ptc=ptc,
+        pairs=measurements,
     )
 
 
@@ -327,6 +336,29 @@ def test_ptc_recovers_gain_noise_and_turnoff(products: Products) -> None:
         assert not amp.bad, name
         assert amp.gain == pytest.approx(t["gain"], rel=0.01), name
         assert amp.noise == pytest.approx(t["read_noise_e"], rel=0.03), name
+        assert amp.a00 == pytest.approx(t["a00"], rel=0.3), name
         plateau_adu = t["turnoff_adu"]
         assert amp.turnoff == pytest.approx(plateau_adu, rel=0.05), name
         assert amp.turnoff <= plateau_adu, name
+
+
+def test_ptc_full_covariance_recovers_gain_noise_and_a00(products: Products) -> None:
+    """The Astier+19 Eq. 20 fit (``ptcFitType=FULLCOVARIANCE``) on the same pairs."""
+    full = solve_ptc(products.pairs, fit_type="FULLCOVARIANCE")
+    for name, amp in full.items():
+        t = products.truth["amplifiers"][name]
+        assert amp.fit_type == "FULLCOVARIANCE" and amp.full_covariance is not None, name
+        assert amp.gain == pytest.approx(t["gain"], rel=0.01), name
+        # Looser than the default fit's 3 %: the covariance model has no line-noise term.
+        assert amp.noise == pytest.approx(t["read_noise_e"], rel=0.05), name
+        # a00 is a small term: its statistical error on 300 x 192 amplifiers is ~10-20 %.
+        assert amp.a00 == pytest.approx(t["a00"], rel=0.3), name
+
+
+def test_gains_from_flat_pairs(products: Products) -> None:
+    """The reference's GAIN mode on mid-level pairs, with read-noise and a00 corrections."""
+    read_noise_adu = {n: t["read_noise_adu"] for n, t in products.truth["amplifiers"].items()}
+    a00 = {n: t["a00"] for n, t in products.truth["amplifiers"].items()}
+    gains = gain_from_flat_pairs(products.pairs, read_noise_adu, a00=a00, min_mean=1000.0, max_mean=30000.0)
+    for name, gain in gains.items():
+        assert gain == pytest.approx(products.truth["amplifiers"][name]["gain"], rel=0.01), name
