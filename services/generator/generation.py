@@ -7,9 +7,11 @@ from the sources that `services.generator.readiness` resolved (this run's, or ce
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -237,6 +239,43 @@ def build_dark(butler: Butler, request: BuildRequest) -> BuildResult:
     return _build_combined(butler, request, "dark")
 
 
+class ScratchInputs:
+    """ISR'd combine inputs kept in local scratch files as memory maps instead of in RAM.
+
+    A full-size LATISS input is 195 MB (float32 image and variance, int32 mask): 23 darks would be
+    4.5 GB of process memory. Spilled, only one input is in RAM at a time; the combine and the
+    cosmic-ray bookkeeping read them back strip by strip through the page cache, which the kernel
+    can evict. The files live in a temporary directory (``$TMPDIR``) removed on `close`.
+    """
+
+    def __init__(self, prefix: str = "cpflow-inputs-") -> None:
+        self._directory = tempfile.TemporaryDirectory(prefix=prefix)
+        self._count = 0
+
+    def keep(self, image: CalibImage) -> CalibImage:
+        """Write ``image`` to scratch and return a `CalibImage` backed by the files."""
+        index, self._count = self._count, self._count + 1
+        arrays: dict[str, np.ndarray] = {}
+        for plane in ("image", "mask", "variance"):
+            data = getattr(image, plane)
+            path = Path(self._directory.name) / f"{index:04d}-{plane}.npy"
+            mapped = np.lib.format.open_memmap(path, mode="w+", dtype=data.dtype, shape=data.shape)
+            mapped[...] = data
+            arrays[plane] = mapped
+        return CalibImage(
+            image=arrays["image"], mask=arrays["mask"], variance=arrays["variance"], header=image.header
+        )
+
+    def close(self) -> None:
+        self._directory.cleanup()
+
+    def __enter__(self) -> ScratchInputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 PERSISTENT_CR_FRACTION = 0.5
 """A "cosmic ray" found at the same pixel in more than this fraction of the darks is a defect."""
 
@@ -250,6 +289,11 @@ def mask_dark_cosmic_rays(images: Sequence[CalibImage], amp_boxes: Mapping[str, 
     """
     for image in images:
         _mask_cosmic_rays(image, amp_boxes)
+    unflag_persistent_cosmic_rays(images)
+
+
+def unflag_persistent_cosmic_rays(images: Sequence[CalibImage]) -> None:
+    """Clear the CR flag where it is set in more than `PERSISTENT_CR_FRACTION` of ``images``."""
     if len(images) < 2:
         return
     cr = int(MaskPlane.CR)
@@ -279,17 +323,21 @@ def _build_combined(butler: Butler, request: BuildRequest, calib_type: str) -> B
         inputs: list[dict[str, object]] = []
         first = geometry = None
         amp_boxes: Mapping[str, tuple[slice, slice]] = {}
-        for exposure, raw, det, isr in _isr_inputs(butler, request, detector_id):
-            first, geometry, amp_boxes = first or raw, geometry or det, isr.amp_boxes
-            scale = raw.dark_time if calib_type == "dark" else 1.0
-            images.append(isr.image)
-            inputs.append(_input_record(exposure, raw, scale))
-        assert first is not None and geometry is not None
-        if calib_type == "dark":
-            mask_dark_cosmic_rays(images, amp_boxes)
-        result.dataset_ids[detector_id] = _combine_and_put(
-            butler, request, calib_type, detector_id, geometry, first, images, inputs, amp_boxes, reject
-        )
+        with ScratchInputs() as scratch:
+            for exposure, raw, det, isr in _isr_inputs(butler, request, detector_id):
+                first, geometry, amp_boxes = first or raw, geometry or det, isr.amp_boxes
+                scale = raw.dark_time if calib_type == "dark" else 1.0
+                if calib_type == "dark":
+                    _mask_cosmic_rays(isr.image, amp_boxes)
+                images.append(scratch.keep(isr.image))
+                inputs.append(_input_record(exposure, raw, scale))
+            assert first is not None and geometry is not None
+            if calib_type == "dark":
+                unflag_persistent_cosmic_rays(images)
+            result.dataset_ids[detector_id] = _combine_and_put(
+                butler, request, calib_type, detector_id, geometry, first, images, inputs, amp_boxes, reject
+            )
+            del images[:]
     return result
 
 
@@ -346,54 +394,61 @@ def build_flat(butler: Butler, request: BuildRequest) -> BuildResult:
         return result
     # Pass 1: the clipped mean of every input of every detector (the focal-plane normalisation
     # needs all of them before any detector can be combined). The ISR outputs of one detector to
-    # build (processed last) are kept, so that pass 2 does not run ISR on them again; memory
-    # stays at one detector's inputs, as in pass 2.
+    # build (processed last) are kept in scratch files, so that pass 2 does not run ISR on them
+    # again. Pass 2: one detector at a time (ISR again except for the kept one), and combine; its
+    # inputs are spilled to scratch files too, removed after each detector.
     keep_id = missing[-1]
     order = [d for d in request.detectors if d != keep_id] + [keep_id]
     means: dict[tuple[int, int], float] = {}
-    kept: list[tuple[int, dict[str, object], CalibImage]] = []  # (exposure, input record, image)
-    kept_first: tuple[RawDetectorImage, Detector] | None = None
-    kept_boxes: Mapping[str, tuple[slice, slice]] = {}
-    for detector_id in order:
-        for exposure, raw, det, isr in _isr_inputs(butler, request, detector_id):
-            good = isr.image.mask == 0
-            means[(detector_id, exposure)] = clipped_stats(isr.image.image[good], 3.0, 3).mean
-            if detector_id == keep_id:
-                kept.append((exposure, _input_record(exposure, raw, 1.0), isr.image))
-                kept_first = kept_first or (raw, det)
-                kept_boxes = isr.amp_boxes
-    scales = flat_scales(means)
-    # Pass 2: one detector at a time (ISR again except for the kept one), and combine.
-    for detector_id in [keep_id] + [d for d in missing if d != keep_id]:
-        images: list[CalibImage] = []
-        inputs: list[dict[str, object]] = []
-        first = geometry = None
-        amp_boxes: Mapping[str, tuple[slice, slice]] = {}
-        if detector_id == keep_id and kept_first is not None:
-            (first, geometry), amp_boxes = kept_first, kept_boxes
-            for exposure, record, kept_image in kept:
-                images.append(kept_image)
-                inputs.append({**record, "scale": scales[(detector_id, exposure)]})
-            kept = []
-        else:
+    with ScratchInputs() as kept_scratch:
+        kept: list[tuple[int, dict[str, object], CalibImage]] = []  # (exposure, input record, image)
+        kept_first: tuple[RawDetectorImage, Detector] | None = None
+        kept_boxes: Mapping[str, tuple[slice, slice]] = {}
+        for detector_id in order:
             for exposure, raw, det, isr in _isr_inputs(butler, request, detector_id):
-                first, geometry, amp_boxes = first or raw, geometry or det, isr.amp_boxes
-                images.append(isr.image)
-                inputs.append(_input_record(exposure, raw, scales[(detector_id, exposure)]))
-        assert first is not None and geometry is not None
-        result.dataset_ids[detector_id] = _combine_and_put(
+                good = isr.image.mask == 0
+                means[(detector_id, exposure)] = clipped_stats(isr.image.image[good], 3.0, 3).mean
+                if detector_id == keep_id:
+                    record = _input_record(exposure, raw, 1.0)
+                    kept.append((exposure, record, kept_scratch.keep(isr.image)))
+                    kept_first = kept_first or (raw, det)
+                    kept_boxes = isr.amp_boxes
+        scales = flat_scales(means)
+        assert kept_first is not None
+        images = [image for _, _, image in kept]
+        inputs = [{**record, "scale": scales[(keep_id, exposure)]} for exposure, record, _ in kept]
+        result.dataset_ids[keep_id] = _combine_and_put(
             butler,
             request,
             "flat",
-            detector_id,
-            geometry,
-            first,
+            keep_id,
+            kept_first[1],
+            kept_first[0],
             images,
             inputs,
-            amp_boxes,
-            int(MaskPlane.SAT | MaskPlane.DETECTED | MaskPlane.INTRP),
+            kept_boxes,
+            _FLAT_REJECT,
         )
+        del images, kept
+    for detector_id in [d for d in missing if d != keep_id]:
+        with ScratchInputs() as scratch:
+            images = []
+            inputs = []
+            first = geometry = None
+            amp_boxes: Mapping[str, tuple[slice, slice]] = {}
+            for exposure, raw, det, isr in _isr_inputs(butler, request, detector_id):
+                first, geometry, amp_boxes = first or raw, geometry or det, isr.amp_boxes
+                images.append(scratch.keep(isr.image))
+                inputs.append(_input_record(exposure, raw, scales[(detector_id, exposure)]))
+            assert first is not None and geometry is not None
+            result.dataset_ids[detector_id] = _combine_and_put(
+                butler, request, "flat", detector_id, geometry, first, images, inputs, amp_boxes, _FLAT_REJECT
+            )
+            del images
     return result
+
+
+_FLAT_REJECT = int(MaskPlane.SAT | MaskPlane.DETECTED | MaskPlane.INTRP)
 
 
 def build_defects(butler: Butler, request: BuildRequest) -> BuildResult:
