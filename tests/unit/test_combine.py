@@ -188,3 +188,31 @@ def test_provenance_and_qa() -> None:
     assert len(qa) == 2 * 8
     for key, value in qa.items():
         header[f"HIERARCH {key}"] = value
+
+
+def test_inputs_past_the_memory_budget_are_spilled_and_combine_the_same() -> None:
+    from services.generator.generation import ScratchInputs, unflag_persistent_cosmic_rays
+
+    rng = np.random.default_rng(5)
+    images = []
+    for _ in range(6):
+        image = CalibImage(
+            image=rng.normal(100.0, 5.0, (64, 48)).astype(np.float32),
+            mask=np.zeros((64, 48), dtype=np.int32),
+            variance=np.full((64, 48), 25.0, dtype=np.float32),
+        )
+        image.mask[10, 10] |= int(MaskPlane.CR)  # "persistent": a hot pixel, not a cosmic ray
+        images.append(image)
+    images[0].mask[20, 5] |= int(MaskPlane.CR)  # a real cosmic ray, on one input only
+    in_ram = combine_clipped_mean(images).image
+    one_input_mb = (64 * 48 * 12) / 2**20
+    with ScratchInputs(budget_mb=2.5 * one_input_mb) as scratch:
+        kept = [scratch.keep(image) for image in images]
+        assert scratch.n_spilled == 4
+        assert isinstance(kept[-1].image, np.memmap) and kept[0] is images[0]
+        unflag_persistent_cosmic_rays(kept)
+        assert not any(k.mask[10, 10] & MaskPlane.CR for k in kept)
+        assert kept[0].mask[20, 5] & MaskPlane.CR
+        spilled = combine_clipped_mean(kept).image
+    np.testing.assert_array_equal(spilled.image, in_ram.image)
+    np.testing.assert_array_equal(spilled.variance, in_ram.variance)
