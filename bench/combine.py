@@ -21,6 +21,8 @@ stack, the script times:
     axis=0, masked=False, grow=False)`` (its compiled path), followed by a float64 nan-mean over
     axis 0 (done in row strips so the benchmark stays within memory).
 (d) ``numpy.mean(stack, axis=0)``: one pass over the stack, the memory-bandwidth floor.
+(a0) the kernel alone, ``shared.clipkernel.clip_stack(stack)`` on the whole stack (afw): (a) minus
+    the generator's per-strip bookkeeping (variance / n, masks, dtype conversions).
 
 Usage::
 
@@ -44,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from services.generator.combine import combine_clipped_mean
-from shared.clipkernel import warm_up
+from shared.clipkernel import clip_stack, warm_up
 
 N_SIGMA = 3.0
 N_ITER = 3
@@ -221,6 +223,15 @@ def run_stack(
     print(
         f"(a') ours (astropy mode)        {t_ours_ap.seconds:8.3f} s  (CPU {cpu:.3f} s per call)", flush=True
     )
+    cpu0 = time.process_time()
+    t_kernel = best_of(repeat, lambda: clip_stack(stack, n_sigma=N_SIGMA, n_iter=N_ITER))
+    cpu = (time.process_time() - cpu0) / repeat
+    print(
+        f"(a0) kernel only (clip_stack afw) {t_kernel.seconds:6.3f} s  (CPU {cpu:.3f} s per call;"
+        f" {t_kernel.seconds / (stack.size * 1e-9):.2f} wall ns per input value)",
+        flush=True,
+    )
+    del t_kernel
     peak = ours_peak_bytes(stack)
     t_floor = best_of(repeat, lambda: np.mean(stack, axis=0))
     floor = t_floor.seconds

@@ -1,10 +1,13 @@
 """Compiled per-pixel sigma clipping of an image stack (numba).
 
 `clip_stack` reduces a stack of shape ``(N, rows, cols)`` along axis 0 in one fused pass per row:
-for each tile of `TILE` columns it copies the N values of every pixel into a small buffer, sorts
-the buffer with a branch-free sorting network that runs across the pixels of the tile (so the
-compiler vectorises it), derives the clipping limits per pixel, and accumulates the statistics of
-the kept values. Nothing of the size of the stack is allocated; rows are spread over threads.
+`CHUNK` columns of every input are copied at once into per-tile buffers of `TILE` pixels (the
+stack is read through a 1-D contiguous view of its memory at explicit strides, so a strip of rows
+of a larger stack is read with vector loads, in place), each tile is sorted with a branch-free
+sorting network that runs across the pixels of the tile (so the compiler vectorises it; for afw on
+complete tiles only the comparators the quartiles depend on), the clipping limits are derived per
+pixel and the statistics of the kept values accumulated. Nothing of the size of the stack is
+allocated; blocks of `ROW_BLOCK` rows are spread over threads.
 
 Two clipping definitions are available (``method``):
 
@@ -52,6 +55,9 @@ TILE = 128
 """Columns processed together (one SIMD-friendly tile of the per-pixel buffers)."""
 CHUNK = 8 * TILE
 """Columns of a row copied from every input at once before the tiles are processed."""
+ROW_BLOCK = 16
+"""Rows per parallel work item (the per-thread buffers are allocated once per block)."""
+"""Rows per parallel work item (the per-thread buffers are allocated once per block)."""
 
 _IQ_TO_STDEV = 0.741301109252802
 _METHODS = {"afw": AFW, "astropy": ASTROPY}
@@ -97,6 +103,7 @@ def sorting_network(n: int) -> np.ndarray:
 
 
 _NETWORKS: dict[int, np.ndarray] = {}
+_QUARTILE_NETWORKS: dict[int, np.ndarray] = {}
 
 
 @njit(cache=True, fastmath=False, inline="always")
@@ -113,54 +120,71 @@ def _quantile(srt: np.ndarray, j: int, n: int, q: float) -> float:
 
 
 @njit(cache=True, fastmath=False)
-def _load_tile(
-    src: np.ndarray,
+def _load_chunk(
+    flat: np.ndarray,
+    strides: np.ndarray,
+    r: int,
     c0: int,
-    width: int,
+    chunk: int,
     scales: np.ndarray,
     unit_scales: bool,
     orig: np.ndarray,
     srt: np.ndarray,
     n_good: np.ndarray,
 ) -> None:
-    """Copy the tile ``src[:, c0:c0 + width]``: ``orig`` NaN where bad, ``srt`` +inf where bad.
+    """Copy ``stack[:, r, c0:c0 + chunk]`` into tiles: ``orig`` NaN where bad, ``srt`` +inf where bad.
 
-    ``n_good`` counts the good values of every lane.
-    Lanes ``j >= width`` (past the last column) are bad. The loops over the lanes have no
-    branches (selects only), so they vectorise.
+    The stack is read through ``flat``, a 1-D contiguous view of its memory, at the element
+    ``strides`` (plane, row, column): unlike a strided 3-D view (e.g. a strip of rows), the loads
+    of a unit-stride row then vectorise. ``orig`` and ``srt`` are ``(CHUNK // TILE, N, TILE)``:
+    each tile is one contiguous block (no cache-set aliasing between its N rows), filled straight
+    from the input rows, read ``chunk`` columns at a time per input (long contiguous reads keep the
+    hardware prefetchers streaming; N interleaved short reads do not). ``n_good[t]`` counts the
+    good values of every lane of tile ``t``; lanes past ``chunk`` are bad. The loops over the
+    lanes have no branches (selects only), so they vectorise.
     """
-    n_in = orig.shape[0]
+    n_in = orig.shape[1]
+    n_tiles = (chunk + TILE - 1) // TILE
     nan32 = np.float32(np.nan)
     inf32 = np.float32(np.inf)
-    n_good[:] = 0
+    col_stride = strides[2]
+    n_good[:n_tiles] = 0
     for i in range(n_in):
-        row = src[i, c0 : c0 + width]
-        if width == TILE and unit_scales:
-            for j in range(TILE):
-                v = row[j]
-                good = np.abs(v) < inf32
-                orig[i, j] = v if good else nan32
-                srt[i, j] = v if good else inf32
-                n_good[j] += np.int32(good)
-        elif width == TILE:
-            s = scales[i]
-            for j in range(TILE):
-                v = np.float32(np.float64(row[j]) / s)
-                good = np.abs(v) < inf32
-                orig[i, j] = v if good else nan32
-                srt[i, j] = v if good else inf32
-                n_good[j] += np.int32(good)
-        else:
-            s = scales[i]
-            for j in range(width):
-                v = np.float32(np.float64(row[j]) / s)
-                good = np.abs(v) < inf32
-                orig[i, j] = v if good else nan32
-                srt[i, j] = v if good else inf32
-                n_good[j] += np.int32(good)
-            for j in range(width, TILE):
-                orig[i, j] = nan32
-                srt[i, j] = inf32
+        start = i * strides[0] + r * strides[1] + c0 * col_stride
+        s = scales[i]
+        for t in range(n_tiles):
+            base = t * TILE
+            o = orig[t, i]
+            q = srt[t, i]
+            g = n_good[t]
+            if base + TILE <= chunk and col_stride == 1:
+                row = flat[start + base : start + base + TILE]
+                if unit_scales:
+                    for j in range(TILE):
+                        v = row[j]
+                        good = np.abs(v) < inf32
+                        o[j] = v if good else nan32
+                        q[j] = v if good else inf32
+                        g[j] += np.int32(good)
+                else:
+                    for j in range(TILE):
+                        v = np.float32(np.float64(row[j]) / s)
+                        good = np.abs(v) < inf32
+                        o[j] = v if good else nan32
+                        q[j] = v if good else inf32
+                        g[j] += np.int32(good)
+            else:
+                # Tail tile or non-unit column stride (dividing by a unit scale is exact).
+                width = min(TILE, chunk - base)
+                for j in range(width):
+                    v = np.float32(np.float64(flat[start + (base + j) * col_stride]) / s)
+                    good = np.abs(v) < inf32
+                    o[j] = v if good else nan32
+                    q[j] = v if good else inf32
+                    g[j] += np.int32(good)
+                for j in range(width, TILE):
+                    o[j] = nan32
+                    q[j] = inf32
 
 
 @njit(cache=True, fastmath=False)
@@ -319,10 +343,13 @@ def _bounded_pass(
 
 @njit(parallel=True, cache=True, fastmath=False)
 def _clip_kernel(
-    stack: np.ndarray,
+    flat: np.ndarray,
+    shape: np.ndarray,
+    strides: np.ndarray,
     scales: np.ndarray,
     unit_scales: bool,
     pairs: np.ndarray,
+    quartile_pairs: np.ndarray,
     method: int,
     n_sigma: float,
     n_iter: int,
@@ -331,12 +358,17 @@ def _clip_kernel(
     n_out: np.ndarray,
     index_out: np.ndarray,
 ) -> None:
-    n_in, n_rows, n_cols = stack.shape
+    n_in = shape[0]
+    n_rows = shape[1]
+    n_cols = shape[2]
     afw_scale = n_sigma * _IQ_TO_STDEV
-    for r in prange(n_rows):
-        orig = np.empty((n_in, TILE), dtype=np.float32)
-        srt = np.empty((n_in, TILE), dtype=np.float32)
-        n_good = np.empty(TILE, dtype=np.int32)
+    n_tiles = CHUNK // TILE
+    n_blocks = (n_rows + ROW_BLOCK - 1) // ROW_BLOCK
+    for block in prange(n_blocks):
+        # The buffers are allocated once per block of rows, not per row.
+        orig_chunk = np.empty((n_tiles, n_in, TILE), dtype=np.float32)
+        srt_chunk = np.empty((n_tiles, n_in, TILE), dtype=np.float32)
+        n_good_chunk = np.empty((n_tiles, TILE), dtype=np.int32)
         centre = np.empty(TILE, dtype=np.float32)
         half = np.empty(TILE, dtype=np.float32)
         lo_bound = np.empty(TILE, dtype=np.float64)
@@ -349,52 +381,68 @@ def _clip_kernel(
         st_var = np.empty(TILE, dtype=np.float64)
         st_n = np.empty(TILE, dtype=np.int32)
         st_index = np.empty(TILE, dtype=np.int32)
-        rowbuf = np.empty((n_in, CHUNK), dtype=np.float32)
-        for c0 in range(0, n_cols, TILE):
-            width = min(TILE, n_cols - c0)
-            if c0 % CHUNK == 0:
-                # Copy CHUNK columns of this row of every input first: long contiguous reads per
-                # input keep the hardware prefetchers streaming (N interleaved short reads do not).
+        for r in range(block * ROW_BLOCK, min(n_rows, (block + 1) * ROW_BLOCK)):
+            for c0 in range(0, n_cols, CHUNK):
                 chunk = min(CHUNK, n_cols - c0)
-                for i in range(n_in):
-                    rowbuf[i, :chunk] = stack[i, r, c0 : c0 + chunk]
-            _load_tile(rowbuf, c0 % CHUNK, width, scales, unit_scales, orig, srt, n_good)
-            # Sort every pixel's values (bad ones, +inf, go last).
-            _sort_tile(srt, pairs)
-            st_mean[:] = np.nan
-            st_var[:] = np.nan
-            st_n[:] = 0
-            st_index[:] = -1
-            if method == AFW:
-                _afw_first_limits(srt, n_good, afw_scale, centre, half)
-                _afw_passes(
-                    orig,
-                    centre,
-                    half,
-                    n_sigma,
-                    n_iter,
-                    count,
-                    last,
-                    total,
-                    squares,
-                    st_mean,
-                    st_var,
-                    st_n,
-                    st_index,
+                _load_chunk(
+                    flat, strides, r, c0, chunk, scales, unit_scales, orig_chunk, srt_chunk, n_good_chunk
                 )
-            else:
-                for j in range(TILE):
-                    lo, hi = _astropy_bounds(srt, j, n_good[j], n_sigma, n_iter)
-                    lo_bound[j] = lo
-                    hi_bound[j] = hi
-                _bounded_pass(
-                    orig, lo_bound, hi_bound, count, last, total, squares, st_mean, st_var, st_n, st_index
-                )
-            for j in range(width):
-                mean_out[r, c0 + j] = st_mean[j]
-                var_out[r, c0 + j] = st_var[j]
-                n_out[r, c0 + j] = st_n[j]
-                index_out[r, c0 + j] = st_index[j]
+                for t in range((chunk + TILE - 1) // TILE):
+                    width = min(TILE, chunk - t * TILE)
+                    orig = orig_chunk[t]
+                    srt = srt_chunk[t]
+                    n_good = n_good_chunk[t]
+                    # Sort every pixel's values (bad ones, +inf, go last); when every lane is complete
+                    # (the common case) afw needs only the three quartiles: the pruned network.
+                    if method == AFW and n_good.min() == n_in:
+                        _sort_tile(srt, quartile_pairs)
+                    else:
+                        _sort_tile(srt, pairs)
+                    st_mean[:] = np.nan
+                    st_var[:] = np.nan
+                    st_n[:] = 0
+                    st_index[:] = -1
+                    if method == AFW:
+                        _afw_first_limits(srt, n_good, afw_scale, centre, half)
+                        _afw_passes(
+                            orig,
+                            centre,
+                            half,
+                            n_sigma,
+                            n_iter,
+                            count,
+                            last,
+                            total,
+                            squares,
+                            st_mean,
+                            st_var,
+                            st_n,
+                            st_index,
+                        )
+                    else:
+                        for j in range(TILE):
+                            lo, hi = _astropy_bounds(srt, j, n_good[j], n_sigma, n_iter)
+                            lo_bound[j] = lo
+                            hi_bound[j] = hi
+                        _bounded_pass(
+                            orig,
+                            lo_bound,
+                            hi_bound,
+                            count,
+                            last,
+                            total,
+                            squares,
+                            st_mean,
+                            st_var,
+                            st_n,
+                            st_index,
+                        )
+                    cols = c0 + t * TILE
+                    for j in range(width):
+                        mean_out[r, cols + j] = st_mean[j]
+                        var_out[r, cols + j] = st_var[j]
+                        n_out[r, cols + j] = st_n[j]
+                        index_out[r, cols + j] = st_index[j]
 
 
 @njit(cache=True, fastmath=False)
@@ -473,6 +521,51 @@ def _network(n: int) -> np.ndarray:
     return pairs
 
 
+def _quartile_network(n: int) -> np.ndarray:
+    """The comparators of `sorting_network` that the afw first pass needs when all ``n`` are good.
+
+    Walking the network backwards from the order statistics the quartiles interpolate (as
+    `_afw_first_limits` picks them), a comparator is kept if it writes a position still needed,
+    which then needs both its inputs. The kept positions end up exactly as after the full sort.
+    """
+    pairs = _QUARTILE_NETWORKS.get(n)
+    if pairs is None:
+        needed: set[int] = set()
+        for q in (0.25, 0.5, 0.75):
+            lower = int(np.floor(q * (n - 1)))
+            needed.update((lower, min(lower + 1, n - 1)))
+        kept: list[tuple[int, int]] = []
+        for i, j in _network(n)[::-1].tolist():
+            if i in needed or j in needed:
+                kept.append((i, j))
+                needed.update((i, j))
+        pairs = _QUARTILE_NETWORKS[n] = np.array(kept[::-1], dtype=np.int64).reshape(-1, 2)
+    return pairs
+
+
+def _flat_view(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 1-D contiguous read-only view of the memory of ``stack`` and its element strides.
+
+    No copy unless a stride is negative or not a multiple of the item size (then the stack is
+    copied to a contiguous array first).
+    """
+    item = stack.itemsize
+    if stack.size == 0:
+        return np.zeros(1, dtype=stack.dtype), np.zeros(3, dtype=np.int64)
+    if not all(
+        size == 1 or (stride >= 0 and stride % item == 0)
+        for size, stride in zip(stack.shape, stack.strides, strict=True)
+    ):
+        stack = np.ascontiguousarray(stack)
+    strides = np.array(
+        [0 if size == 1 else stride // item for size, stride in zip(stack.shape, stack.strides, strict=True)],
+        dtype=np.int64,
+    )
+    span = 1 + int(sum((size - 1) * step for size, step in zip(stack.shape, strides.tolist(), strict=True)))
+    flat = np.lib.stride_tricks.as_strided(stack, shape=(span,), strides=(item,), writeable=False)
+    return flat, strides
+
+
 def clip_stack(
     stack: np.ndarray,
     *,
@@ -487,8 +580,9 @@ def clip_stack(
     Parameters
     ----------
     stack : `numpy.ndarray`
-        float32 array ``(N, rows, cols)`` (any strides, e.g. a row slice of a larger stack; it
-        is not copied). Non-finite values are bad inputs.
+        float32 array ``(N, rows, cols)`` (any non-negative strides, e.g. a row slice of a
+        larger stack: it is read in place, not copied; a negative stride costs a contiguous
+        copy). Non-finite values are bad inputs.
     method : `str`
         ``"afw"`` or ``"astropy"`` (see the module docstring).
     n_sigma, n_iter : `float`, `int`
@@ -525,11 +619,15 @@ def clip_stack(
             np.empty((rows, cols), dtype=np.int32),
             np.empty((rows, cols), dtype=np.int32),
         )
+    flat, strides = _flat_view(stack)
     _clip_kernel(
-        stack,
+        flat,
+        np.array(stack.shape, dtype=np.int64),
+        strides,
         scale_values,
         unit,
         _network(n_in),
+        _quartile_network(n_in),
         _METHODS[method],
         float(n_sigma),
         int(n_iter),
