@@ -306,3 +306,15 @@ def test_ptc_fit_type_from_config_options() -> None:
         validate_run_configuration({**base, "config_options_ptc": "-c ptcSolve:ptcFitType=POLYNOMIAL"})
     assert info.value.errors[0].startswith("config_options_ptc: unknown ptcFitType 'POLYNOMIAL'")
     assert "FULLCOVARIANCE_NO_B" in info.value.errors[0]
+
+
+def test_shipped_example_configurations_are_valid() -> None:
+    from pathlib import Path
+
+    import cpflow
+
+    examples = sorted(Path(cpflow.__file__).parent.glob("*.yaml"))
+    assert {p.name for p in examples} >= {"demo_run.yaml", "demo_bias.yaml"}
+    for path in examples:
+        config = load_run_configuration(path)
+        assert config.camera == "simulated" and config.generate_calibrations, path.name
