@@ -304,20 +304,14 @@ PERSISTENT_CR_FRACTION = 0.5
 """A "cosmic ray" found at the same pixel in more than this fraction of the darks is a defect."""
 
 
-def mask_dark_cosmic_rays(images: Sequence[CalibImage], amp_boxes: Mapping[str, tuple[slice, slice]]) -> None:
-    """Flag cosmic rays on every dark input, then unflag what is found at the same pixel in most.
-
-    A hot pixel or a hot column looks like a cosmic ray on each single dark (a sharp excess), but a
-    cosmic ray does not hit the same pixel in most frames: such pixels keep their dark current in
-    the combined dark (and become defects there) instead of being rejected in every input.
-    """
-    for image in images:
-        _mask_cosmic_rays(image, amp_boxes)
-    unflag_persistent_cosmic_rays(images)
-
-
 def unflag_persistent_cosmic_rays(images: Sequence[CalibImage]) -> None:
-    """Clear the CR flag where it is set in more than `PERSISTENT_CR_FRACTION` of ``images``."""
+    """Clear the CR flag where it is set in more than `PERSISTENT_CR_FRACTION` of ``images``.
+
+    Each dark input is searched for cosmic rays on its own (`_mask_cosmic_rays`). A hot pixel or a
+    hot column looks like a cosmic ray on each single dark (a sharp excess), but a cosmic ray does
+    not hit the same pixel in most frames: such pixels keep their dark current in the combined
+    dark (and become defects there) instead of being rejected in every input.
+    """
     if len(images) < 2:
         return
     cr = int(MaskPlane.CR)
@@ -529,10 +523,15 @@ def _ptc_measurements(
     from services.generator.ptc import extract_pair, pair_exposures
 
     name = request.instrument.name
-    times = []
-    for exposure in request.exposures:
-        raw = load_raw(butler, name, exposure, detector_id)
-        times.append((exposure, raw.exposure_time))
+    # Exposure times from the exposure records written at ingest: no raw is read twice.
+    records = butler.query_dimension_records(
+        "exposure",
+        instrument=name,
+        where="exposure.id IN (exposures)",
+        bind={"exposures": list(request.exposures)},
+        explain=False,
+    )
+    times = sorted((int(r.id), float(r.exposure_time)) for r in records)
     pairs = pair_exposures(times)
     measurements: dict[str, list[Any]] = {}
     geometry: Detector | None = None

@@ -41,7 +41,7 @@ from services.acquirer.camera import ExposureRequest
 from services.acquirer.simulated_camera import DEFAULT_FLAT_FLUX_E_PER_S, SimulatedCamera
 from services.generator.combine import combine_clipped_mean
 from services.generator.defects import find_defects
-from services.generator.generation import _bias_in_adu, mask_dark_cosmic_rays
+from services.generator.generation import _bias_in_adu, _mask_cosmic_rays, unflag_persistent_cosmic_rays
 from services.generator.ptc import (
     AmpPtc,
     PairMeasurement,
@@ -148,7 +148,9 @@ def products(tmp_path_factory: pytest.TempPathFactory) -> Products:
         darks.append(run_isr(raw, det, bias=bias).image)
         dark_times.append(raw.dark_time)
         n_cr.append(int(raw.header["SIMNCR"]))
-    mask_dark_cosmic_rays(darks, amp_boxes)
+    for image in darks:
+        _mask_cosmic_rays(image, amp_boxes)
+    unflag_persistent_cosmic_rays(darks)
     dark = combine_clipped_mean(darks, scales=dark_times, reject_mask=DARK_REJECT).image
     dark.header["DARKTIME"] = 1.0
     # The same darks combined without the cosmic-ray mask (the 3σ clip alone rejects them).
