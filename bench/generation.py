@@ -67,7 +67,7 @@ MASK_CR = "_mask_cosmic_rays (darks)"
 WRAPPED: list[tuple[str, int, Any, str]] = [
     ("load_raw (butler.get raw)", 0, generation, "load_raw"),
     ("RawFitsFormatter read (astropy.io.fits)", 1, RawFitsFormatter, "read_from_local_file"),
-    ("load_calibration (butler.get bias/dark)", 0, generation, "load_calibration"),
+    ("CalibrationCache.get (bias/dark look-up)", 0, generation.CalibrationCache, "get"),
     ("CalibImageFitsFormatter read", 1, CalibImageFitsFormatter, "read_from_local_file"),
     ("run_isr (shared.isr)", 0, generation, "run_isr"),
     (MASK_CR, 0, generation, "_mask_cosmic_rays"),

@@ -21,7 +21,7 @@ from typing import Any
 from astropy.table import Table
 from lsst.daf.butler import Butler, DatasetNotFoundError
 
-from services.generator.generation import collection_exists, detector_for_raw, load_calibration, load_raw
+from services.generator.generation import CalibrationCache, collection_exists, detector_for_raw, load_raw
 from services.generator.readiness import CalibSource
 from services.verifier.decision import VerificationDecision, decide
 from services.verifier.statistics import (
@@ -172,7 +172,9 @@ def verify_calibration(butler: Butler, request: VerificationRequest) -> Verifica
     butler.collections.register(collection)
     det_type = datasets.verify_det_stats(calib_type)
     det_results: dict[int, dict[str, dict[str, Any]]] = {}
-    run_calibs: dict[tuple[str, int], CalibImage] = {}
+    # Each applied calibration is read once per dataset: this run's once per detector, a certified
+    # one once per dataset found valid at the exposures (not once per exposure).
+    calibs = CalibrationCache(butler)
     # The read noise the NOISE tests use, per detector: the PTC's valid at the first exposure.
     read_noise: dict[int, dict[str, float]] = {}
     for exposure in request.exposures:
@@ -192,17 +194,12 @@ def verify_calibration(butler: Butler, request: VerificationRequest) -> Verifica
                 continue
             raw = load_raw(butler, name, exposure, detector_id)
             geometry = detector_for_raw(request.instrument, raw)
-            applied: dict[str, CalibImage] = {}
-            for applied_type in _APPLIED[calib_type]:
-                source = request.sources[applied_type]
-                key = (applied_type, detector_id)
-                if source.kind == "run" and key in run_calibs:
-                    applied[applied_type] = run_calibs[key]
-                    continue
-                calib = load_calibration(butler, source, name, detector_id, exposure, request.physical_filter)
-                if source.kind == "run":
-                    run_calibs[key] = calib
-                applied[applied_type] = calib
+            applied = {
+                applied_type: calibs.get(
+                    request.sources[applied_type], name, detector_id, exposure, request.physical_filter
+                )
+                for applied_type in _APPLIED[calib_type]
+            }
             if detector_id not in read_noise:
                 from_ptc = ptc_read_noise(butler, request.ptc_collections, name, detector_id, exposure)
                 read_noise[detector_id] = {
