@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from astropy.stats import sigma_clip
 
-from shared.clipkernel import clip_stack, sorting_network
+from shared.clipkernel import REGISTER_NETWORK_MIN_PIXELS, TAIL, ClipResult, clip_stack, sorting_network
+from shared.clipnetworks import network_address
 from shared.stats import IQ_TO_STDEV, nanquantile_sorted
 
 
@@ -162,8 +163,8 @@ def test_rejects_bad_arguments() -> None:
 
 @pytest.mark.parametrize("nan_fraction", [0.0, 0.02])
 def test_wide_rows_full_tiles_chunks_and_tail(nan_fraction: float) -> None:
-    # Wider than one row chunk (8 tiles): full tiles, the same-count fast path (no NaN) and a tail.
-    stack = _stack(7, shape=(3, 8 * 128 + 130), seed=11, nan_fraction=nan_fraction)
+    # Wider than one row chunk (32 tiles at N = 7): full tiles, complete tiles (no NaN) and a tail.
+    stack = _stack(7, shape=(3, 32 * 128 + 130), seed=11, nan_fraction=nan_fraction)
     scales = np.linspace(0.8, 1.3, 7)
     scaled = np.empty_like(stack)
     for i, s in enumerate(scales):
@@ -191,3 +192,65 @@ def test_any_strides_read_in_place_or_copied() -> None:
             np.testing.assert_array_equal(got.mean, want.mean)
             np.testing.assert_array_equal(got.kept_index, want.kept_index)
     assert clip_stack(stack[:, :0]).mean.shape == (0, 300)
+
+
+@pytest.mark.parametrize("n", [9, 20, 50])
+def test_afw_complete_tiles_match_reference_including_long_tails(n: int) -> None:
+    # No bad input: the passes run on the sorted tails in registers. Some pixels get more
+    # outliers on one side than the tails hold (TAIL + 2 hot values), some all but two values
+    # hot, some a constant value: those are recomputed by the scalar code.
+    stack = _stack(n, shape=(6, 300), seed=200 + n, nan_fraction=0.0)
+    stack[: TAIL + 2, 1, :40] += np.float32(3000.0)
+    stack[2:, 4, 10:20] = np.float32(50000.0)
+    stack[:, 5, 50:60] = np.float32(7.0)
+    result = clip_stack(stack, method="afw")
+    mean, variance, n_kept = _afw_reference(stack, 3.0, 3)
+    np.testing.assert_array_equal(result.n_kept, n_kept)
+    np.testing.assert_allclose(result.mean, mean, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(result.variance, variance, rtol=1e-6, atol=1e-9, equal_nan=True)
+    if n == 50:  # 12 % hot: the quartiles stay clean and more than TAIL values go on one side
+        assert np.all(result.n_kept[1, :40] <= n - TAIL - 2)
+    assert np.all(result.mean[5, 50:60] == 7.0) and np.all(result.variance[5, 50:60] == 0.0)
+
+
+def test_register_network_for_large_frames_matches_reference() -> None:
+    # A frame of REGISTER_NETWORK_MIN_PIXELS pixels sorts with the network written out for N.
+    n = 12
+    assert network_address(n) != 0
+    assert network_address(8) == 0
+    rows = REGISTER_NETWORK_MIN_PIXELS // 1024
+    stack = _stack(n, shape=(rows, 1024), seed=31, nan_fraction=0.0)
+    stack[:, 7, 100] = np.nan
+    result = clip_stack(stack, method="afw")
+    mean, variance, n_kept = _afw_reference(stack, 3.0, 3)
+    np.testing.assert_array_equal(result.n_kept, n_kept)
+    np.testing.assert_allclose(result.mean, mean, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(result.variance, variance, rtol=1e-6, equal_nan=True)
+
+
+def test_register_networks_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CPFLOW_REGISTER_NETWORKS", "0")
+    assert network_address(13) == 0
+
+
+def test_float32_outputs_variance_of_mean_and_counts() -> None:
+    stack = _stack(8, shape=(5, 200), seed=41, nan_fraction=0.0)  # pixel (2, 3) has no value
+    stack[1:, 0, 0] = np.nan  # one value kept
+    reference = clip_stack(stack)
+    shape = stack.shape[1:]
+    out = ClipResult(
+        np.empty(shape, dtype=np.float32),
+        np.empty(shape, dtype=np.float32),
+        np.empty(shape, dtype=np.int16),
+        np.empty(shape, dtype=np.int16),
+    )
+    result = clip_stack(stack, out=out, variance_of_mean=True)
+    np.testing.assert_array_equal(result.mean, reference.mean.astype(np.float32))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = (reference.variance / reference.n_kept).astype(np.float32)
+    np.testing.assert_array_equal(result.variance, expected)
+    np.testing.assert_array_equal(result.n_kept, reference.n_kept)
+    assert result.n_empty == int((reference.n_kept == 0).sum()) == 1
+    assert result.n_single == int((reference.n_kept == 1).sum()) >= 1
+    assert result.kept_index[0, 0] == 0
+    assert np.all(result.kept_index[reference.n_kept != 1] == -1)
