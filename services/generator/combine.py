@@ -171,64 +171,77 @@ def combine_clipped_mean(
     if not (np.all(np.isfinite(scale_values)) and np.all(scale_values != 0)):
         raise ValueError(f"scales must be finite and non-zero, got {scale_values.tolist()}")
 
+    # The kernel writes straight into the output images (float32 mean, variance of the mean,
+    # int16 counts); only pixels with fewer than two kept inputs need a second look.
     image = np.empty((rows, cols), dtype=np.float32)
     variance = np.empty((rows, cols), dtype=np.float32)
     n_good = np.empty((rows, cols), dtype=np.int16)
-    single_variance_missing = np.zeros((rows, cols), dtype=bool)
-    strip_rows = min(rows_per_strip, rows)
-    work = ClipResult(
-        np.empty((strip_rows, cols)),
-        np.empty((strip_rows, cols)),
-        np.empty((strip_rows, cols), dtype=np.int32),
-        np.empty((strip_rows, cols), dtype=np.int32),
-    )
-    for r0 in range(0, rows, rows_per_strip):
-        strip = slice(r0, min(r0 + rows_per_strip, rows))
-        n_rows = strip.stop - strip.start
-        out = ClipResult(
-            work.mean[:n_rows], work.variance[:n_rows], work.n_kept[:n_rows], work.kept_index[:n_rows]
-        )
+    kept_index = np.empty((rows, cols), dtype=np.int16)
+    single_variance_missing: np.ndarray | None = None
+    n_empty = 0
+    n_single = 0
+    in_place = cube is not None and cube.dtype == np.float32
+    step = rows if in_place else rows_per_strip
+    for r0 in range(0, rows, max(step, 1)):
+        strip = slice(r0, min(r0 + step, rows))
+        out = ClipResult(image[strip], variance[strip], n_good[strip], kept_index[strip])
         variances: list[np.ndarray | None]
         if cube is not None:
-            # Float32 planes are scaled inside the kernel, exactly as np.divide would.
+            # Float32 planes are read in place and scaled inside the kernel, exactly as
+            # np.divide would; other dtypes are converted a strip at a time.
             stack = cube[:, strip].astype(np.float32, copy=False)
-            clip_stack(stack, method=method, n_sigma=n_sigma, n_iter=n_iter, scales=scale_values, out=out)
+            clip_stack(
+                stack,
+                method=method,
+                n_sigma=n_sigma,
+                n_iter=n_iter,
+                scales=scale_values,
+                out=out,
+                variance_of_mean=True,
+            )
             variances = [None] * n_inputs
         else:
             stack, variances = _strip_stack(readers, strip, cols, scale_values, reject_mask)
-            clip_stack(stack, method=method, n_sigma=n_sigma, n_iter=n_iter, out=out)
+            clip_stack(stack, method=method, n_sigma=n_sigma, n_iter=n_iter, out=out, variance_of_mean=True)
         del stack
-
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out_var = out.variance / out.n_kept
-        single = out.n_kept == 1
-        if single.any():
+        n_empty += out.n_empty
+        n_single += out.n_single
+        if out.n_single:
             # Exactly one input is kept there: take its (scaled) variance.
+            single = out.n_kept == 1
             filled = np.zeros(single.shape, dtype=bool)
             for i, var in enumerate(variances):
                 if var is None:
                     continue
                 here = single & (out.kept_index == i)
-                out_var[here] = var[here] / scale_values[i] ** 2
+                out.variance[here] = var[here] / scale_values[i] ** 2
                 filled |= here
-            single_variance_missing[strip] = single & ~filled
-        image[strip] = out.mean
-        variance[strip] = out_var
-        n_good[strip] = out.n_kept
+            missing = single & ~filled
+            if missing.any():
+                if single_variance_missing is None:
+                    single_variance_missing = np.zeros((rows, cols), dtype=bool)
+                single_variance_missing[strip] = missing
 
-    bad = (n_good == 0) | ~np.isfinite(image)
-    if bad.all():
-        raise ValueError("no pixel has a good input")
     mask = np.zeros((rows, cols), dtype=np.int32)
-    if bad.any():
+    # The mean of kept finite values is finite, and with two or more kept the variance is too:
+    # only frames with empty or single-input pixels need the searches below.
+    if n_empty:
+        bad = (n_good == 0) | ~np.isfinite(image)
+        if bad.all():
+            raise ValueError("no pixel has a good input")
         mask[bad] = MaskPlane.BAD
         image[bad] = _typical(image, ~bad)
-    fill_variance = single_variance_missing | ~np.isfinite(variance)
-    to_fill = fill_variance | bad
-    if to_fill.any():
-        usable = ~to_fill
-        variance[to_fill] = _typical(variance, usable) if usable.any() else np.nan
-        mask[~np.isfinite(variance)] |= MaskPlane.BAD
+    else:
+        bad = None
+    if n_empty or n_single:
+        fill_variance = ~np.isfinite(variance)
+        if single_variance_missing is not None:
+            fill_variance |= single_variance_missing
+        to_fill = fill_variance if bad is None else fill_variance | bad
+        if to_fill.any():
+            usable = ~to_fill
+            variance[to_fill] = _typical(variance, usable) if usable.any() else np.nan
+            mask[~np.isfinite(variance)] |= MaskPlane.BAD
     return CombineResult(
         image=CalibImage(image=image, mask=mask, variance=variance),
         n_good=n_good,
