@@ -20,7 +20,9 @@ stack, the script times:
 (c) ``astropy.stats.sigma_clip(stack, sigma=3, maxiters=3, cenfunc="median", stdfunc="std",
     axis=0, masked=False, grow=False)`` (its compiled path), followed by a float64 nan-mean over
     axis 0 (done in row strips so the benchmark stays within memory).
-(d) ``numpy.mean(stack, axis=0)``: one pass over the stack, the memory-bandwidth floor.
+(d) ``numpy.mean(stack, axis=0)``: one pass over the stack, the memory-bandwidth floor. The
+    ratio ours/floor is printed twice: best time over best time, and the median over `PAIRS`
+    back-to-back (ours, numpy.mean) pairs, which a busy machine slows alike.
 (a0) the kernel alone, ``shared.clipkernel.clip_stack(stack)`` on the whole stack (afw): (a) minus
     the generator's per-strip bookkeeping (variance / n, masks, dtype conversions).
 
@@ -54,6 +56,8 @@ LEVEL = 1000.0
 NOISE = 10.0
 OUTLIER_FRACTION = 0.02
 NANMEAN_STRIP_ROWS = 256
+PAIRS = 7
+"""Back-to-back (ours, numpy.mean) pairs timed for the ratio to the floor."""
 OUTPUT_BYTES_PER_PIXEL = 12
 """The combined CalibImage: float32 image, int32 mask, float32 variance."""
 
@@ -85,6 +89,7 @@ class StackReport:
     frac_over_1e5: float
     afw_vs_astropy_frac: float
     afw_vs_astropy_max: float
+    pair_ratio: float
 
 
 def make_stack(n: int, size: int, seed: int = 12345) -> np.ndarray:
@@ -114,6 +119,19 @@ def best_of(repeat: int, func: Callable[[], Any]) -> Timing:
         result = func()
         best = min(best, time.perf_counter() - start)
     return Timing(best, result)
+
+
+def paired_ratios(stack: np.ndarray, pairs: int) -> list[float]:
+    """Ratios ours / numpy.mean from back-to-back pairs of calls (a busy machine slows both alike)."""
+    ratios = []
+    for _ in range(pairs):
+        gc.collect()
+        start = time.perf_counter()
+        ours(stack)
+        middle = time.perf_counter()
+        np.mean(stack, axis=0)
+        ratios.append((middle - start) / (time.perf_counter() - middle))
+    return ratios
 
 
 def ours(stack: np.ndarray, method: str = "afw") -> np.ndarray:
@@ -237,8 +255,14 @@ def run_stack(
     floor = t_floor.seconds
     print(f"(d) numpy.mean floor            {floor:8.3f} s", flush=True)
     del t_floor
+    pairs = paired_ratios(stack, max(PAIRS, repeat))
+    print(
+        f"ours/floor: best/best {t_ours.seconds / floor:.2f}; {len(pairs)} interleaved pairs: median"
+        f" {np.median(pairs):.2f} (min {min(pairs):.2f}, max {max(pairs):.2f})",
+        flush=True,
+    )
     if only_ours:
-        print(f"ours/floor {t_ours.seconds / floor:.2f}; peak above input {peak / 1e9:.3f} GB", flush=True)
+        print(f"peak above input {peak / 1e9:.3f} GB", flush=True)
         return None
 
     t_default: float | None = None
@@ -274,6 +298,7 @@ def run_stack(
         frac_over_1e5=frac,
         afw_vs_astropy_frac=afw_frac,
         afw_vs_astropy_max=afw_max,
+        pair_ratio=float(np.median(pairs)),
     )
     return report
 
@@ -319,7 +344,7 @@ def print_summary(reports: list[StackReport]) -> None:
     print("\n== summary (seconds, best of repeats; ccdproc extrapolated from a strip; ratios vs ours afw) ==")
     print(
         "   N | ours afw | ours ap. | np.mean | astropy | ccdproc b1 | ccdproc b2 | b1/ours | b2/ours |"
-        " ap/ours | ours/floor"
+        " ap/ours | ours/floor | pairs"
     )
     for r in reports:
         b1 = None if r.ccdproc_default is None else r.ccdproc_default / r.ours
@@ -328,7 +353,7 @@ def print_summary(reports: list[StackReport]) -> None:
             f"{r.n:4d} | {r.ours:8.3f} | {r.ours_astropy_mode:8.3f} | {r.floor:7.3f} | {r.astropy:7.3f} |"
             f"   {_fmt(r.ccdproc_default)} |   {_fmt(r.ccdproc_matched)} | {_fmt(b1, '7.1f')} |"
             f" {_fmt(b2, '7.1f')} |"
-            f" {r.astropy / r.ours:7.2f} | {r.ours / r.floor:10.2f}"
+            f" {r.astropy / r.ours:7.2f} | {r.ours / r.floor:10.2f} | {r.pair_ratio:5.2f}"
         )
     print(
         "\n   N | input GB | ours peak GB above input (tracemalloc) | in float32 frames | in output images"
@@ -363,7 +388,7 @@ def print_summary(reports: list[StackReport]) -> None:
                 r.ccdproc_matched is not None and r.ccdproc_matched >= 10 * r.ours,
             ),
             (">=2x faster than astropy", r.astropy >= 2 * r.ours),
-            ("within 3x of numpy.mean", r.ours <= 3 * r.floor),
+            ("within 3x of numpy.mean (best/best and median pair)", max(r.ours / r.floor, r.pair_ratio) <= 3),
             (
                 "peak <= input + 3 output images",
                 r.ours_peak_bytes <= 3 * r.size * r.size * OUTPUT_BYTES_PER_PIXEL,
