@@ -171,16 +171,16 @@ def verify_calibration(butler: Butler, request: VerificationRequest) -> Verifica
     collection = type_collection(name, request.run_id, calib_type)
     butler.collections.register(collection)
     det_type = datasets.verify_det_stats(calib_type)
-    det_results: dict[int, dict[str, dict[str, Any]]] = {}
-    # Each applied calibration is read once per dataset: this run's once per detector, a certified
-    # one once per dataset found valid at the exposures (not once per exposure).
-    calibs = CalibrationCache(butler)
+    det_results: dict[int, dict[str, dict[str, Any]]] = {exposure: {} for exposure in request.exposures}
     # The read noise the NOISE tests use, per detector: the PTC's valid at the first exposure.
     read_noise: dict[int, dict[str, float]] = {}
-    for exposure in request.exposures:
-        det_results[exposure] = {}
-        for detector_id in request.detectors:
-            detector_name = request.instrument.detector(detector_id).name
+    # Detector by detector, so that only one detector's applied calibrations are in memory: each
+    # is read once per dataset (this run's once, a certified one once per dataset found valid at
+    # the exposures, not once per exposure).
+    for detector_id in request.detectors:
+        calibs = CalibrationCache(butler)
+        detector_name = request.instrument.detector(detector_id).name
+        for exposure in request.exposures:
             existing = butler.query_datasets(
                 det_type,
                 collections=[collection],
