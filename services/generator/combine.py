@@ -23,13 +23,15 @@ from datetime import UTC, datetime
 import numpy as np
 from astropy.io import fits
 
-from shared.clipkernel import ClipResult, clip_stack
+from shared.clipkernel import REGISTER_NETWORK_MIN_PIXELS, ClipResult, clip_stack
+from shared.clipnetworks import network_address
 from shared.images import CalibImage, MaskPlane
 
 __all__ = [
     "CombineResult",
     "StripReader",
     "combine_clipped_mean",
+    "prepare_combine",
     "provenance_header",
     "qa_percentiles",
 ]
@@ -39,6 +41,8 @@ StripReader = Callable[[slice], tuple[np.ndarray, ...]]
 
 _DEFAULT_REJECT = int(MaskPlane.SAT | MaskPlane.DETECTED | MaskPlane.INTRP)
 QA_PERCENTILES = (0, 5, 16, 50, 84, 95, 100)
+ROWS_PER_STRIP = 128
+"""Full-width rows stacked at once when the inputs are strip readers or images."""
 
 
 @dataclass
@@ -98,13 +102,25 @@ def _strip_stack(
     return stack, variances
 
 
+def prepare_combine(n_inputs: int, shape: tuple[int, int], rows_per_strip: int = ROWS_PER_STRIP) -> None:
+    """Start compiling the sorting network a combine of ``n_inputs`` images of ``shape`` sorts with.
+
+    Only strips of `shared.clipkernel.REGISTER_NETWORK_MIN_PIXELS` pixels or more use one. The
+    compile (seconds, once per depth and machine) runs in the background: called before the
+    inputs' ISR, the network is usually ready when the combine starts. Without it the combine
+    gives the same result, sorting from the comparator table.
+    """
+    if min(rows_per_strip, shape[0]) * shape[1] >= REGISTER_NETWORK_MIN_PIXELS:
+        network_address(n_inputs)
+
+
 def combine_clipped_mean(
     inputs: Sequence[StripReader] | Sequence[CalibImage] | np.ndarray,
     *,
     scales: Sequence[float] | None = None,
     n_sigma: float = 3.0,
     n_iter: int = 3,
-    rows_per_strip: int = 128,
+    rows_per_strip: int = ROWS_PER_STRIP,
     reject_mask: int = _DEFAULT_REJECT,
     shape: tuple[int, int] | None = None,
     method: str = "afw",

@@ -27,7 +27,12 @@ from lsst.daf.butler import (
     Timespan,
 )
 
-from services.generator.combine import combine_clipped_mean, provenance_header, qa_percentiles
+from services.generator.combine import (
+    combine_clipped_mean,
+    prepare_combine,
+    provenance_header,
+    qa_percentiles,
+)
 from services.generator.readiness import CalibSource
 from shared.butler import datasets
 from shared.butler.repo import raw_collection
@@ -300,6 +305,8 @@ def _isr_inputs(
             bias=calibs.get("bias"),
             dark=calibs.get("dark"),
         )
+        if exposure == request.exposures[0]:  # the combine's network compiles while ISR goes on
+            prepare_combine(len(request.exposures), result.image.image.shape)
         yield exposure, raw, geometry, result
 
 

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from services.generator.combine import combine_clipped_mean, provenance_header, qa_percentiles
+from services.generator.combine import (
+    combine_clipped_mean,
+    prepare_combine,
+    provenance_header,
+    qa_percentiles,
+)
 from shared.images import CalibImage, MaskPlane
 from shared.stats import clipped_stats
 
@@ -216,3 +221,13 @@ def test_inputs_past_the_memory_budget_are_spilled_and_combine_the_same() -> Non
         spilled = combine_clipped_mean(kept).image
     np.testing.assert_array_equal(spilled.image, in_ram.image)
     np.testing.assert_array_equal(spilled.variance, in_ram.variance)
+
+
+def test_prepare_combine_starts_the_network_only_for_large_strips() -> None:
+    from shared import clipnetworks
+
+    prepare_combine(14, (200, 300))  # strips of 128 x 300 pixels sort from the table
+    assert 14 not in clipnetworks._WORKERS
+    prepare_combine(15, (4000, 4072))  # strips of 128 x 4072 pixels use the network for N = 15
+    assert 15 in clipnetworks._WORKERS
+    assert clipnetworks.network_address(15, wait=True) != 0
