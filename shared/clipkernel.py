@@ -57,6 +57,7 @@ __all__ = [
     "clip_stack",
     "quartile_network",
     "sorting_network",
+    "sorting_network_for",
     "warm_up",
 ]
 
@@ -479,22 +480,16 @@ def _afw_tail_passes(
                 count[j] += np.int32(keep)
                 s1[j] += e
                 s2[j] += e * e
-        # Branch-free (selects) so that the loop over the lanes vectorises.
+        # The statistics of `_afw_register_passes`, lane by lane (branch-free: it vectorises).
         for j in range(TILE):
-            n = count[j]
-            fn = np.float64(n)
-            has = n > 0
-            mean = ref[j] + s1[j] / fn
-            spread = max(s2[j] - s1[j] * (s1[j] / fn), 0.0)
-            var = spread / (fn - 1.0) if n >= 2 else np.nan
-            mean = mean if has else st_mean[j]
-            var = var if has else st_var[j]
-            st_mean[j] = mean
-            st_var[j] = var
-            st_n[j] = n if has else st_n[j]
-            spread = var if var >= 0.0 else 0.0
-            centre[j] = np.float32(mean)
-            half[j] = np.float32(n_sigma * np.sqrt(spread))
+            kept = np.float64(count[j])
+            before = np.float64(st_n[j])
+            c, w, m, v, n = _pass_stats(kept, s1[j], s2[j], ref[j], n_sigma, st_mean[j], st_var[j], before)
+            centre[j] = c
+            half[j] = w
+            st_mean[j] = m
+            st_var[j] = v
+            st_n[j] = np.int32(n)
 
 
 @njit(cache=True, fastmath=False, inline="always")
@@ -790,6 +785,7 @@ def _clip_kernel(
                     n_bad_chunk,
                 )
                 for t in range((chunk + TILE - 1) // TILE):
+                    cols = c0 + t * TILE
                     width = min(TILE, chunk - t * TILE)
                     srt = srt_chunk[t]
                     # Sort every pixel's values (bad ones, +inf, go last); when every lane is complete
@@ -844,7 +840,6 @@ def _clip_kernel(
                             )
                         # A lane whose middle was not all kept, or with one value kept (its input
                         # index is wanted), is recomputed by the scalar code.
-                        cols = c0 + t * TILE
                         for j in range(width):
                             if suspect[j] or st_n[j] == 1:
                                 start = r * strides[1] + (cols + j) * strides[2]
@@ -875,7 +870,6 @@ def _clip_kernel(
                             st_n,
                             st_index,
                         )
-                    cols = c0 + t * TILE
                     mo = mean_out[r, cols : cols + width]
                     vo = var_out[r, cols : cols + width]
                     no = n_out[r, cols : cols + width]
@@ -1026,6 +1020,15 @@ def _flat_view(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat, strides
 
 
+def sorting_network_for(n_in: int, pixels: int) -> int:
+    """Address of the written-out network an afw call over ``pixels`` pixels of depth ``n_in`` uses.
+
+    Only calls of `REGISTER_NETWORK_MIN_PIXELS` or more pay for compiling one (once per depth and
+    machine, in the background: `shared.clipnetworks.network_address`); 0 means the table sort.
+    """
+    return network_address(n_in) if pixels >= REGISTER_NETWORK_MIN_PIXELS else 0
+
+
 def clip_stack(
     stack: np.ndarray,
     *,
@@ -1083,9 +1086,7 @@ def clip_stack(
             np.empty((rows, cols), dtype=np.int32),
             np.empty((rows, cols), dtype=np.int32),
         )
-    # A frame large enough to pay for compiling it (once per depth and machine) gets the
-    # network written out for its depth.
-    network = network_address(n_in) if method == "afw" and rows * cols >= REGISTER_NETWORK_MIN_PIXELS else 0
+    network = sorting_network_for(n_in, rows * cols) if method == "afw" else 0
     flat, strides = _flat_view(stack)
     counts = np.zeros(((rows + ROW_BLOCK - 1) // ROW_BLOCK, 2), dtype=np.int64)
     _clip_kernel(

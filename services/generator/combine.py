@@ -23,8 +23,7 @@ from datetime import UTC, datetime
 import numpy as np
 from astropy.io import fits
 
-from shared.clipkernel import REGISTER_NETWORK_MIN_PIXELS, ClipResult, clip_stack
-from shared.clipnetworks import network_address
+from shared.clipkernel import ClipResult, clip_stack, sorting_network_for
 from shared.images import CalibImage, MaskPlane
 
 __all__ = [
@@ -105,13 +104,12 @@ def _strip_stack(
 def prepare_combine(n_inputs: int, shape: tuple[int, int], rows_per_strip: int = ROWS_PER_STRIP) -> None:
     """Start compiling the sorting network a combine of ``n_inputs`` images of ``shape`` sorts with.
 
-    Only strips of `shared.clipkernel.REGISTER_NETWORK_MIN_PIXELS` pixels or more use one. The
-    compile (seconds, once per depth and machine) runs in the background: called before the
-    inputs' ISR, the network is usually ready when the combine starts. Without it the combine
-    gives the same result, sorting from the comparator table.
+    Only strips large enough use one (`shared.clipkernel.sorting_network_for`). The compile
+    (seconds, once per depth and machine) runs in the background: called before the inputs'
+    ISR, the network is usually ready when the combine starts. Without it the combine gives the
+    same result, sorting from the comparator table.
     """
-    if min(rows_per_strip, shape[0]) * shape[1] >= REGISTER_NETWORK_MIN_PIXELS:
-        network_address(n_inputs)
+    sorting_network_for(n_inputs, min(rows_per_strip, shape[0]) * shape[1])
 
 
 def combine_clipped_mean(
