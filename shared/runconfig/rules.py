@@ -1,0 +1,241 @@
+"""Rules across keys, and what each instrument allows.
+
+The rules here are those the reference script checks late or not at all (``reference/
+make_calibrations_script.md`` §1.4): ``exp_times_*`` lengths against ``n_X + n_discard_X``, detector
+ids of the instrument, filter and grating names, ``certify_calib_begin_date < certify_calib_end_date``,
+options that only apply to ``BIAS_DARK_FLAT``, keys that do not apply to the instrument, and the one
+pipetask option cpflow interprets (``ptcFitType``). Each is a `~shared.runconfig.checked.Rule` that
+names the keys it reads, so it runs whenever those keys are valid, even if others are not.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from shared.instruments import get_instrument, instrument_names
+from shared.runconfig.checked import Problem, Rule, rule
+from shared.runconfig.vocabulary import INSTRUMENTS, PTC_FIT_TYPES, ScriptMode
+
+if TYPE_CHECKING:
+    from shared.runconfig.model import RunConfiguration
+
+__all__ = [
+    "COLLECTION_KEYS",
+    "RUN_RULES",
+    "check_ptc_options",
+    "fill_instrument_defaults",
+    "instrument_detector_ids",
+    "parse_certify_date",
+    "ptc_fit_type",
+]
+
+COLLECTION_KEYS: tuple[str, ...] = (
+    "input_collections_bias",
+    "input_collections_verify_bias",
+    "input_collections_dark",
+    "input_collections_verify_dark",
+    "input_collections_flat",
+    "input_collections_verify_flat",
+    "input_collections_defects",
+    "input_collections_ptc",
+)
+"""The comma-separated input-collection keys; each defaults to ``<instrument>/calib``."""
+
+# LSSTCam has no cpflow geometry yet; its detector ids are 0..204 (189 science, 16 corner sensors).
+_LSSTCAM_DETECTOR_IDS: tuple[int, ...] = tuple(range(205))
+
+_PTC_FIT_TYPE_OPTION = re.compile(r"ptcFitType\s*=\s*([A-Za-z_]+)")
+
+
+def parse_certify_date(text: str) -> _dt.datetime:
+    """Parse an ISO-8601 date or datetime without time zone; raise `ValueError` otherwise."""
+    value = _dt.datetime.fromisoformat(text.strip())
+    if value.tzinfo is not None:
+        raise ValueError("has a time zone")
+    return value
+
+
+def instrument_detector_ids(instrument: str) -> list[int]:
+    """Every detector id of ``instrument``, sorted."""
+    if instrument in instrument_names():
+        return sorted(get_instrument(instrument).detector_ids)
+    return list(_LSSTCAM_DETECTOR_IDS)
+
+
+def fill_instrument_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill the defaults that depend on other keys into a submitted mapping (in place).
+
+    ``camera`` defaults to ``simulated``, which gets an empty ``simulator`` section; a known
+    ``instrument`` sets the defaults of the collections and of ``repo``, as in the reference subclasses.
+    """
+    camera = data.setdefault("camera", "simulated")
+    if camera == "simulated" and data.get("simulator") is None:
+        data["simulator"] = {}
+    instrument = data.get("instrument")
+    if isinstance(instrument, str) and instrument in INSTRUMENTS:
+        for key in COLLECTION_KEYS:
+            data.setdefault(key, f"{instrument}/calib")
+        data.setdefault("calib_collection", f"{instrument}/calib/daily")
+        data.setdefault("repo", f"/repo/{instrument}/butler+sasquatch.yaml")
+    return data
+
+
+def check_ptc_options(options: str) -> str:
+    """Check the ``ptcFitType=...`` option of ``config_options_ptc``, if there is one."""
+    match = _PTC_FIT_TYPE_OPTION.search(options)
+    if match and match.group(1) not in PTC_FIT_TYPES:
+        raise ValueError(
+            f"unknown ptcFitType {match.group(1)!r}; valid fit types are: {', '.join(PTC_FIT_TYPES)}"
+        )
+    return options
+
+
+def ptc_fit_type(options: str) -> str:
+    """The PTC fit type that ``config_options_ptc`` chooses (the first of `PTC_FIT_TYPES` by default)."""
+    match = _PTC_FIT_TYPE_OPTION.search(options)
+    return match.group(1) if match else PTC_FIT_TYPES[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Rules of a RunConfiguration, in the order their messages are reported.
+
+
+@rule("instrument", "camera")
+def _simulated_instrument(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    if config.camera == "simulated" and config.instrument not in instrument_names():
+        yield (
+            "instrument",
+            f"{config.instrument} cannot be simulated (cpflow has no {config.instrument} geometry yet); "
+            f"only {' and '.join(instrument_names())} can be simulated; use camera: sal for "
+            f"{config.instrument}",
+        )
+
+
+@rule("camera")
+def _simulator_section(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    if config.camera != "simulated" and "simulator" in given:
+        yield (
+            "simulator",
+            f"only allowed with camera: simulated (camera is {config.camera}); remove the simulator section",
+        )
+
+
+def _exposure_time_count(image_type: str) -> Rule[Any]:
+    key, n_key, d_key = f"exp_times_{image_type}", f"n_{image_type}", f"n_discard_{image_type}"
+
+    @rule(key, n_key, d_key)
+    def check(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+        value = getattr(config, key)
+        expected = getattr(config, n_key) + getattr(config, d_key)
+        if isinstance(value, list) and len(value) != expected:
+            origin = "" if key in given else " (the default list)"
+            yield (
+                key,
+                f"has {len(value)} values{origin} but {n_key} + {d_key} = {expected}; give one value "
+                f"per exposure ({expected} values) or a single number",
+            )
+
+    return check
+
+
+@rule("certify_calib_begin_date", "certify_calib_end_date")
+def _begin_before_end(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    begin, end = config.certify_calib_begin_date, config.certify_calib_end_date
+    if parse_certify_date(begin) >= parse_certify_date(end):
+        yield (
+            "certify_calib_begin_date",
+            f"{begin} is not before certify_calib_end_date {end}; the begin date must be earlier than "
+            "the end date",
+        )
+
+
+@rule("script_mode", "do_defects", "do_ptc")
+def _bias_dark_flat_options(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    # do_gain_from_flat_pairs defaults to true, so it simply does not apply in the other modes.
+    if config.script_mode == ScriptMode.BIAS_DARK_FLAT:
+        return
+    for key in ("do_defects", "do_ptc"):
+        if getattr(config, key):
+            yield (
+                key,
+                f"only used with script_mode BIAS_DARK_FLAT, got {config.script_mode}; set script_mode: "
+                f"BIAS_DARK_FLAT or remove {key}",
+            )
+
+
+@rule("instrument")
+def _keys_of_instrument(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    instrument = config.instrument
+    if instrument == "LATISS" and "detectors" in given:
+        yield "detectors", "not a LATISS key (LATISS always uses detector 0); remove the key"
+    if instrument != "LATISS" and "grating" in given:
+        yield "grating", f"only a LATISS key (instrument is {instrument}); remove the key"
+    if instrument != "LSSTCam" and "ignore" in given:
+        yield "ignore", f"only an LSSTCam key (instrument is {instrument}); remove the key"
+
+
+@rule("instrument", "detectors")
+def _detectors_of_instrument(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    if config.instrument == "LATISS":
+        return
+    valid = instrument_detector_ids(config.instrument)
+    invalid = sorted(set(config.detectors) - set(valid))
+    if invalid:
+        listed = f" ({', '.join(map(str, valid))})" if len(valid) <= 16 else ""
+        yield (
+            "detectors",
+            f"{invalid} not detectors of {config.instrument}; valid ids are {valid[0]}..{valid[-1]}{listed}",
+        )
+
+
+def _filter_problem(
+    key: str, value: str | int | None, valid: list[str] | None, simulated: bool
+) -> str | None:
+    if value is None or valid is None:
+        return None
+    if isinstance(value, int):
+        if simulated:
+            return (
+                f"the simulated camera needs a name, not a wheel position ({value}); "
+                f"valid names are: {', '.join(valid)}"
+            )
+        return None
+    if value not in valid:
+        return f"unknown {key} {value!r}; valid values are: {', '.join(valid)}"
+    return None
+
+
+@rule("instrument", "camera", "filter", "grating")
+def _filter_and_grating(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    if config.instrument not in instrument_names():
+        return
+    inst = get_instrument(config.instrument)
+    physical = [name for name, _ in inst.filters]
+    filters, gratings = physical, None
+    if inst.has_grating:
+        filters = sorted({name.split("~")[0] for name in physical})
+        gratings = sorted({name.split("~")[1] for name in physical if "~" in name})
+        if config.grating is None:  # a full physical filter name is accepted when no grating is given
+            filters = filters + [p for p in physical if p not in filters]
+    simulated = config.camera == "simulated"
+    for key, value, valid in (("filter", config.filter, filters), ("grating", config.grating, gratings)):
+        problem = _filter_problem(key, value, valid, simulated)
+        if problem is not None:
+            yield key, problem
+
+
+RUN_RULES: tuple[Rule[Any], ...] = (
+    _simulated_instrument,
+    _exposure_time_count("dark"),
+    _exposure_time_count("flat"),
+    _begin_before_end,
+    _keys_of_instrument,
+    _detectors_of_instrument,
+    _filter_and_grating,
+    _bias_dark_flat_options,
+    _simulator_section,
+)
+"""The rules of a `~shared.runconfig.model.RunConfiguration`, in the order their messages are reported."""

@@ -1,0 +1,234 @@
+"""The ``simulator`` section (``camera: simulated`` only) and the faults it injects.
+
+Every default and limit of the simulated camera is stated here, once: `SimulatorConfig` validates
+a configuration with them, and `services.acquirer.simulated_camera.SimulatedCamera` takes its
+defaults from here and checks its arguments with `SimulatorConfig.validated`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictStr,
+    ValidationError,
+    model_serializer,
+)
+
+from shared.instruments import amplifier_layout
+from shared.runconfig.checked import CheckedModel, Problem, Rule, rule
+from shared.runconfig.errors import Noun, Null, Unit, configuration_error, describe
+from shared.runconfig.vocabulary import ImageType
+
+__all__ = [
+    "DEFAULT_BIAS_LEVEL_ADU",
+    "DEFAULT_COLD_PIXEL_FRACTION",
+    "DEFAULT_COSMIC_RAY_RATE",
+    "DEFAULT_DARK_CURRENT_E_PER_S",
+    "DEFAULT_FLAT_FLUX_E_PER_S",
+    "DEFAULT_GAIN_SPREAD",
+    "DEFAULT_HOT_PIXEL_FRACTION",
+    "FAULT_KINDS",
+    "MAX_DEFECT_PIXEL_FRACTION",
+    "MAX_GAIN_SPREAD",
+    "SimulatorConfig",
+    "SimulatorFault",
+]
+
+DEFAULT_BIAS_LEVEL_ADU = 15000.0
+"""Mean bias (pedestal) level, ADU."""
+DEFAULT_FLAT_FLUX_E_PER_S = 2000.0
+"""Flat-field illumination, e⁻/s per pixel of unit response."""
+DEFAULT_DARK_CURRENT_E_PER_S = 0.02
+"""Background dark current, e⁻/s per pixel."""
+DEFAULT_HOT_PIXEL_FRACTION = 2e-4
+"""Fraction of hot pixels."""
+DEFAULT_COLD_PIXEL_FRACTION = 1e-4
+"""Fraction of cold (low-response or dead) pixels."""
+DEFAULT_COSMIC_RAY_RATE = 0.1
+"""Cosmic rays per cm² per second of dark time (DARK frames only); about 50 per detector in a 30 s dark."""
+DEFAULT_GAIN_SPREAD = 0.03
+"""Actual gains are nominal x (1 + uniform(±this))."""
+
+MAX_DEFECT_PIXEL_FRACTION = 0.1
+"""Most hot or cold pixels, as a fraction: beyond it a detector is not a plausible science sensor."""
+MAX_GAIN_SPREAD = 0.2
+"""Largest fractional spread of the actual gains around the nominal ones."""
+
+FaultKind = Literal["light_leak", "hot_amplifier", "dark_ramp"]
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+"""Kinds of `SimulatorFault`."""
+
+_FAULT_COMMON_KEYS: tuple[str, ...] = ("kind", "image_type", "exposures")
+_FAULT_KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "light_leak": ("level_e",),
+    "hot_amplifier": ("amplifiers", "factor"),
+    "dark_ramp": ("step_e_per_s",),
+}
+
+
+def _amplifier_names(value: Any) -> Any:
+    """``"all"`` or a non-empty list of amplifier names of the (ITL) layout."""
+    names = [name for name, *_ in amplifier_layout()]
+    if value == "all":
+        return value
+    if not (isinstance(value, list) and value and all(isinstance(a, str) for a in value)):
+        raise ValueError(f'must be "all" or a non-empty list of amplifier names, got {describe(value)}')
+    unknown = [a for a in value if a not in names]
+    if unknown:
+        raise ValueError(f"unknown amplifier {unknown[0]!r}; valid names are: {', '.join(names)}")
+    return value
+
+
+_FrameIndex = Annotated[int, Field(strict=True, ge=0), Noun("a frame index")]
+_Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class SimulatorFault(CheckedModel):
+    """A fault injected by the simulated camera, to exercise verification.
+
+    Attributes
+    ----------
+    kind : `str`
+        ``light_leak``: extra uniform illumination (with shot noise) on every amplifier; the level of
+        each affected frame is drawn uniformly in [0, 2 x ``level_e``] e⁻ per pixel.
+        ``hot_amplifier``: the read noise of ``amplifiers`` is multiplied by ``factor``.
+        ``dark_ramp``: dark frame ``i`` (0-based, in the order taken) gets ``i x step_e_per_s`` e⁻/s of
+        extra dark current on every pixel (DARK frames only).
+    image_type : `str` or `None`
+        ``BIAS``, ``DARK`` or ``FLAT``: the frames affected; `None` means every image type (``dark_ramp``:
+        DARK only).
+    exposures : `list` [`int`] or `None`
+        0-based indices, among the frames of that image type taken by one camera instance, of the
+        frames affected; `None` means all.
+    level_e : `float`
+        ``light_leak`` only: mean extra illumination per frame, e⁻ per pixel (default 200).
+    amplifiers : `list` [`str`] or ``"all"``
+        ``hot_amplifier`` only: amplifier names (default all).
+    factor : `float`
+        ``hot_amplifier`` only: read-noise multiplier (default 3).
+    step_e_per_s : `float`
+        ``dark_ramp`` only: dark-current increment per dark frame, e⁻/s (default 0.5).
+    """
+
+    kind: FaultKind
+    image_type: Annotated[ImageType | None, Null("every image type")] = None
+    exposures: Annotated[
+        list[_FrameIndex] | None, Noun("a list of frame indices (0-based)"), Null("all frames")
+    ] = None
+    level_e: Annotated[_Number, Field(ge=0), Unit("e⁻ per pixel")] = 200.0
+    amplifiers: Annotated[list[StrictStr] | Literal["all"], BeforeValidator(_amplifier_names)] = "all"
+    factor: Annotated[_Number, Field(gt=0), Unit("read-noise multiplier")] = 3.0
+    step_e_per_s: Annotated[_Number, Field(ge=0), Unit("e⁻/s per dark frame")] = 0.5
+
+    @classmethod
+    def rules(cls) -> tuple[Rule[Any], ...]:
+        return _FAULT_RULES
+
+    @model_serializer(mode="wrap")
+    def _only_keys_of_kind(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Serialise only the keys this kind uses, so that a stored configuration validates again."""
+        data: dict[str, Any] = handler(self)
+        keep = {*_FAULT_COMMON_KEYS, *_FAULT_KIND_KEYS[self.kind]}
+        return {key: value for key, value in data.items() if key in keep}
+
+    def applies(self, image_type: str, index: int) -> bool:
+        """Whether this fault affects frame ``index`` (0-based, per image type) of ``image_type``."""
+        wanted = "DARK" if self.kind == "dark_ramp" else self.image_type
+        if wanted is not None and image_type.upper() != wanted:
+            return False
+        return self.exposures is None or index in self.exposures
+
+    def affects_amplifier(self, name: str) -> bool:
+        """Whether amplifier ``name`` is affected (only ``hot_amplifier`` selects amplifiers)."""
+        return self.amplifiers == "all" or name in self.amplifiers
+
+
+@rule("kind")
+def _keys_of_kind(fault: SimulatorFault, given: frozenset[str]) -> Iterator[Problem]:
+    valid = [*_FAULT_COMMON_KEYS, *_FAULT_KIND_KEYS[fault.kind]]
+    for key in sorted(given & set(SimulatorFault.model_fields) - set(valid)):
+        yield key, f"not used by a {fault.kind} fault; valid keys are: {', '.join(valid)}"
+
+
+@rule("kind", "image_type")
+def _dark_ramp_on_darks(fault: SimulatorFault, given: frozenset[str]) -> Iterator[Problem]:
+    if fault.kind == "dark_ramp" and fault.image_type not in (None, "DARK"):
+        yield "image_type", f"a dark_ramp only applies to DARK frames, got {fault.image_type!r}"
+
+
+_FAULT_RULES: tuple[Rule[Any], ...] = (_keys_of_kind, _dark_ramp_on_darks)
+
+
+class SimulatorConfig(BaseModel):
+    """Settings of cpflow's simulated camera (``camera: simulated`` only).
+
+    Attributes
+    ----------
+    seed : `int`
+        Seed of the random generator; the same seed gives the same images.
+    amp_data_shape : `tuple` [`int`, `int`] or `None`
+        ``[rows, cols]`` of each amplifier's data section; `None` means the instrument's real size
+        (2000 x 509). Small shapes make fast test runs.
+    bias_level_adu : `float`
+        Bias (pedestal) level in ADU.
+    faults : `list` [`SimulatorFault`]
+        Faults to inject (default none).
+    flat_flux_e_per_s : `float`
+        Flat-field illumination, e⁻/s per pixel (default 2000).
+    dark_current_e_per_s : `float`
+        Background dark current, e⁻/s per pixel (default 0.02).
+    hot_pixel_fraction, cold_pixel_fraction : `float`
+        Fractions of hot and cold pixels (defaults 2e-4 and 1e-4; at most 0.1).
+    cosmic_ray_rate : `float`
+        Cosmic rays per cm² per second on darks (default 0.1, about 50 per detector in a 30 s dark).
+    gain_spread : `float`
+        Actual gains differ from the nominal ones by up to ± this fraction (0..0.2, default 0.03).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: Annotated[int, Field(strict=True, ge=0)] = 0
+    amp_data_shape: Annotated[
+        tuple[
+            Annotated[int, Field(strict=True, ge=1), Unit("data rows of an amplifier")],
+            Annotated[int, Field(strict=True, ge=1), Unit("data columns of an amplifier")],
+        ]
+        | None,
+        Noun("[rows, cols] of an amplifier's data section"),
+        Null("the instrument's real size"),
+    ] = None
+    bias_level_adu: Annotated[_Number, Unit("ADU")] = DEFAULT_BIAS_LEVEL_ADU
+    faults: Annotated[list[SimulatorFault], Noun("a list of faults (mappings with a kind)")] = Field(
+        default_factory=list
+    )
+    flat_flux_e_per_s: Annotated[_Number, Field(ge=0), Unit("e⁻/s per pixel")] = DEFAULT_FLAT_FLUX_E_PER_S
+    dark_current_e_per_s: Annotated[_Number, Field(ge=0), Unit("e⁻/s per pixel")] = (
+        DEFAULT_DARK_CURRENT_E_PER_S
+    )
+    hot_pixel_fraction: Annotated[
+        _Number, Field(ge=0, le=MAX_DEFECT_PIXEL_FRACTION), Unit("a fraction of the pixels")
+    ] = DEFAULT_HOT_PIXEL_FRACTION
+    cold_pixel_fraction: Annotated[
+        _Number, Field(ge=0, le=MAX_DEFECT_PIXEL_FRACTION), Unit("a fraction of the pixels")
+    ] = DEFAULT_COLD_PIXEL_FRACTION
+    cosmic_ray_rate: Annotated[_Number, Field(ge=0), Unit("cosmic rays per cm² per s")] = (
+        DEFAULT_COSMIC_RAY_RATE
+    )
+    gain_spread: Annotated[
+        _Number, Field(ge=0, le=MAX_GAIN_SPREAD), Unit("a fractional spread of the gains")
+    ] = DEFAULT_GAIN_SPREAD
+
+    @classmethod
+    def validated(cls, **values: Any) -> SimulatorConfig:
+        """Construct from keyword values, raising `ConfigurationError` (in cpflow's words) if invalid."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise configuration_error(exc, cls) from None

@@ -1,0 +1,59 @@
+"""The words a run configuration uses: instruments, cameras, script modes, image types, PTC fit types.
+
+Each vocabulary is a `typing.Literal` (or an enum) that the model's fields are typed with, and the
+tuple of its values that messages and other modules list; the tuple is derived from the type, so the
+names are written once.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, get_args
+
+__all__ = [
+    "CAMERAS",
+    "IMAGE_TYPES",
+    "IMAGE_TYPES_BY_MODE",
+    "INSTRUMENTS",
+    "PTC_FIT_TYPES",
+    "CameraName",
+    "ImageType",
+    "InstrumentName",
+    "PtcFitType",
+    "ScriptMode",
+]
+
+InstrumentName = Literal["LATISS", "LSSTComCam", "LSSTCam"]
+INSTRUMENTS: tuple[str, ...] = get_args(InstrumentName)
+"""Instruments a run may name (the reference script exists for these three)."""
+
+CameraName = Literal["simulated", "sal"]
+CAMERAS: tuple[str, ...] = get_args(CameraName)
+"""Camera drivers: cpflow's simulator, or the real camera through SAL."""
+
+ImageType = Literal["BIAS", "DARK", "FLAT"]
+IMAGE_TYPES: tuple[str, ...] = get_args(ImageType)
+"""Image types a run takes, in the order it takes them."""
+
+PtcFitType = Literal["EXPAPPROXIMATION", "FULLCOVARIANCE", "FULLCOVARIANCE_NO_B"]
+PTC_FIT_TYPES: tuple[str, ...] = get_args(PtcFitType)
+"""PTC fit types, chosen as in cp_pipe with ``config_options_ptc: "-c ptcSolve:ptcFitType=..."``;
+the first is the default."""
+
+
+class ScriptMode(StrEnum):
+    """Which image types a run takes (reference ``script_mode``)."""
+
+    BIAS = "BIAS"
+    DARK = "DARK"
+    BIAS_DARK = "BIAS_DARK"
+    BIAS_DARK_FLAT = "BIAS_DARK_FLAT"
+
+
+IMAGE_TYPES_BY_MODE: dict[ScriptMode, tuple[str, ...]] = {
+    ScriptMode.BIAS: ("BIAS",),
+    ScriptMode.DARK: ("DARK",),
+    ScriptMode.BIAS_DARK: ("BIAS", "DARK"),
+    ScriptMode.BIAS_DARK_FLAT: ("BIAS", "DARK", "FLAT"),
+}
+"""The image types each script mode takes, in order."""
