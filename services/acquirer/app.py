@@ -34,21 +34,11 @@ def make_camera(ctx: ServiceContext, config: RunConfiguration, run_id: str) -> C
         raise StageFailure(
             f"camera {config.camera!r}: this deployment has no SAL camera driver; use camera: simulated"
         )
-    sim = config.simulator or SimulatorConfig()
-    return SimulatedCamera(
+    return SimulatedCamera.from_config(
         get_instrument(config.instrument),
+        config.simulator or SimulatorConfig(),
         Path(ctx.settings.camera_dir) / run_id,
-        seed=sim.seed,
-        amp_data_shape=tuple(sim.amp_data_shape) if sim.amp_data_shape else None,  # type: ignore[arg-type]
-        bias_level_adu=sim.bias_level_adu,
-        dark_current_e_per_s=sim.dark_current_e_per_s,
-        flat_flux_e_per_s=sim.flat_flux_e_per_s,
-        hot_pixel_fraction=sim.hot_pixel_fraction,
-        cold_pixel_fraction=sim.cold_pixel_fraction,
-        cosmic_ray_rate=sim.cosmic_ray_rate,
-        gain_spread=sim.gain_spread,
-        faults=sim.faults,
-        state_dir=Path(ctx.settings.camera_dir) / ".state",
+        Path(ctx.settings.camera_dir) / ".state",
     )
 
 

@@ -94,7 +94,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -107,7 +107,17 @@ from astropy.time import Time, TimeDelta
 from services.acquirer.camera import IMAGE_TYPES, CameraDriver, CameraError, CapturedFrame, ExposureRequest
 from shared.images import RawDetectorImage
 from shared.instruments import AmplifierGeometry, Detector, Instrument
-from shared.runconfig import SimulatorFault
+from shared.runconfig.simulator import (
+    DEFAULT_BIAS_LEVEL_ADU,
+    DEFAULT_COLD_PIXEL_FRACTION,
+    DEFAULT_COSMIC_RAY_RATE,
+    DEFAULT_DARK_CURRENT_E_PER_S,
+    DEFAULT_FLAT_FLUX_E_PER_S,
+    DEFAULT_GAIN_SPREAD,
+    DEFAULT_HOT_PIXEL_FRACTION,
+    SimulatorConfig,
+    SimulatorFault,
+)
 
 __all__ = [
     "A00_RANGE",
@@ -133,18 +143,6 @@ __all__ = [
     "unassemble",
 ]
 
-DEFAULT_DARK_CURRENT_E_PER_S = 0.02
-"""Dark current in e⁻/s/pixel."""
-DEFAULT_FLAT_FLUX_E_PER_S = 2000.0
-"""Uniform flat-field illumination in e⁻/s/pixel."""
-DEFAULT_HOT_PIXEL_FRACTION = 2e-4
-"""Fraction of hot pixels."""
-DEFAULT_COLD_PIXEL_FRACTION = 1e-4
-"""Fraction of cold (low-response or dead) pixels."""
-DEFAULT_COSMIC_RAY_RATE = 0.1
-"""Cosmic rays per cm² per second of dark time (DARK frames only)."""
-DEFAULT_GAIN_SPREAD = 0.03
-"""Actual gains are nominal x (1 + uniform(±this))."""
 READOUT_OVERHEAD_S = 0.2
 """DARKTIME - EXPTIME: shutter and readout overhead during which dark current accumulates."""
 BIAS_OFFSET_RANGE_ADU = 300.0
@@ -522,6 +520,12 @@ class SimulatedCamera(CameraDriver):
         Actual gains are the nominal ones x (1 + uniform(±``gain_spread``)).
     faults : sequence of `shared.runconfig.SimulatorFault`
         Faults to inject.
+
+    Raises
+    ------
+    shared.runconfig.ConfigurationError
+        If a setting is outside the limits of `shared.runconfig.SimulatorConfig` (the one place
+        they are stated). `from_config` builds the camera from a run configuration.
     """
 
     def __init__(
@@ -531,10 +535,10 @@ class SimulatedCamera(CameraDriver):
         *,
         seed: int = 0,
         amp_data_shape: tuple[int, int] | None = None,
-        bias_level_adu: float = 15000.0,
+        bias_level_adu: float = DEFAULT_BIAS_LEVEL_ADU,
         state_dir: Path | None = None,
         clock: Callable[[], datetime] | None = None,
-        dark_current_e_per_s: float | dict[str, float] = DEFAULT_DARK_CURRENT_E_PER_S,
+        dark_current_e_per_s: float | Mapping[str, float] = DEFAULT_DARK_CURRENT_E_PER_S,
         flat_flux_e_per_s: float = DEFAULT_FLAT_FLUX_E_PER_S,
         hot_pixel_fraction: float = DEFAULT_HOT_PIXEL_FRACTION,
         cold_pixel_fraction: float = DEFAULT_COLD_PIXEL_FRACTION,
@@ -542,31 +546,41 @@ class SimulatedCamera(CameraDriver):
         gain_spread: float = DEFAULT_GAIN_SPREAD,
         faults: Sequence[SimulatorFault] = (),
     ) -> None:
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
-        for name, value, high in (
-            ("hot_pixel_fraction", hot_pixel_fraction, 0.1),
-            ("cold_pixel_fraction", cold_pixel_fraction, 0.1),
-            ("gain_spread", gain_spread, 0.5),
-        ):
-            if not 0.0 <= value <= high:
-                raise ValueError(f"{name} must be in [0, {high}], got {value}")
-        if cosmic_ray_rate < 0:
-            raise ValueError(f"cosmic_ray_rate must be non-negative, got {cosmic_ray_rate}")
+        # The limits are those of the configuration's simulator section, checked by it.
+        per_amplifier: dict[str, float] = {}
+        background = DEFAULT_DARK_CURRENT_E_PER_S
+        if isinstance(dark_current_e_per_s, Mapping):
+            per_amplifier = {name: float(value) for name, value in dark_current_e_per_s.items()}
+        else:
+            background = float(dark_current_e_per_s)
+        settings = SimulatorConfig.validated(
+            seed=seed,
+            amp_data_shape=amp_data_shape,
+            bias_level_adu=bias_level_adu,
+            faults=list(faults),
+            flat_flux_e_per_s=flat_flux_e_per_s,
+            dark_current_e_per_s=background,
+            hot_pixel_fraction=hot_pixel_fraction,
+            cold_pixel_fraction=cold_pixel_fraction,
+            cosmic_ray_rate=cosmic_ray_rate,
+            gain_spread=gain_spread,
+        )
+        for value in per_amplifier.values():
+            SimulatorConfig.validated(dark_current_e_per_s=value)
         self.instrument = instrument
         self.output_dir = Path(output_dir)
-        self.seed = int(seed)
-        self.amp_data_shape = amp_data_shape
-        self.bias_level_adu = float(bias_level_adu)
+        self.seed = settings.seed
+        self.amp_data_shape = settings.amp_data_shape
+        self.bias_level_adu = settings.bias_level_adu
         self.state_dir = Path(state_dir) if state_dir is not None else self.output_dir / ".state"
         self._clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
-        self._dark_current = dark_current_e_per_s
-        self.flat_flux_e_per_s = float(flat_flux_e_per_s)
-        self.hot_pixel_fraction = float(hot_pixel_fraction)
-        self.cold_pixel_fraction = float(cold_pixel_fraction)
-        self.cosmic_ray_rate = float(cosmic_ray_rate)
-        self.gain_spread = float(gain_spread)
-        self.faults: tuple[SimulatorFault, ...] = tuple(faults)
+        self._dark_current: float | dict[str, float] = per_amplifier or settings.dark_current_e_per_s
+        self.flat_flux_e_per_s = settings.flat_flux_e_per_s
+        self.hot_pixel_fraction = settings.hot_pixel_fraction
+        self.cold_pixel_fraction = settings.cold_pixel_fraction
+        self.cosmic_ray_rate = settings.cosmic_ray_rate
+        self.gain_spread = settings.gain_spread
+        self.faults: tuple[SimulatorFault, ...] = tuple(settings.faults)
         self.physical_filter = instrument.default_filter
         self._closed = False
         self._detectors: dict[int, Detector] = {
@@ -580,6 +594,34 @@ class SimulatedCamera(CameraDriver):
         self._frame_counts: dict[str, int] = {}
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_config(
+        cls,
+        instrument: Instrument,
+        simulator: SimulatorConfig,
+        output_dir: Path,
+        state_dir: Path | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> SimulatedCamera:
+        """The camera a run configuration's ``simulator`` section describes.
+
+        Parameters
+        ----------
+        instrument : `Instrument`
+            Instrument to simulate.
+        simulator : `shared.runconfig.SimulatorConfig`
+            The run's simulator settings (already validated).
+        output_dir : `pathlib.Path`
+            Where raw files are written.
+        state_dir : `pathlib.Path`, optional
+            Where the sequence counters live; default ``output_dir/.state``.
+        clock : callable, optional
+            Returns the current UTC `datetime`; default ``datetime.now(UTC)``.
+        """
+        settings = dict(simulator)  # field name -> value; the keyword arguments have the same names
+        return cls(instrument, output_dir, state_dir=state_dir, clock=clock, **settings)
 
     # ------------------------------------------------------------------ CameraDriver API
 
