@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = [
+    "MAX_MESSAGES",
     "RULE_ERROR",
     "ConfigurationError",
     "Noun",
@@ -43,6 +44,10 @@ RULE_ERROR = "cpflow_rule"
 
 _MAX_KEYS_LISTED = 12
 """A mapping type is described by its keys when it has at most this many."""
+
+MAX_MESSAGES = 50
+"""Most messages a `ConfigurationError` carries; the rest are counted (a rejection stays readable and
+small enough for an event)."""
 
 
 class ConfigurationError(ValueError):
@@ -373,4 +378,8 @@ def configuration_error(exc: ValidationError, model: type[BaseModel]) -> Configu
     messages: list[str] = []
     for err in exc.errors(include_url=False):
         messages.extend(_message(err, model))
-    return ConfigurationError(list(dict.fromkeys(messages)) or [str(exc)])
+    messages = list(dict.fromkeys(messages)) or [str(exc)]
+    if len(messages) > MAX_MESSAGES:
+        more = len(messages) - (MAX_MESSAGES - 1)
+        messages = [*messages[: MAX_MESSAGES - 1], f"... and {more} more problems"]
+    return ConfigurationError(messages)

@@ -27,7 +27,21 @@ from pydantic import (
 from shared.instruments import get_instrument, instrument_names
 from shared.runconfig.checked import CheckedModel, Rule
 from shared.runconfig.errors import ConfigurationError, Noun, configuration_error, describe
+from shared.runconfig.limits import (
+    MAX_DISCARDED_FRAMES,
+    MAX_EXPOSURE_TIME_S,
+    MAX_FRAMES_PER_TYPE,
+    MAX_KEPT_FRAMES,
+    MAX_LIST_ITEMS,
+    MAX_PROCESSES,
+    MAX_TEXT_LENGTH,
+    MAX_THRESHOLD,
+    MAX_TIMEOUT_S,
+    MAX_WAIT_BETWEEN_EXPOSURES_S,
+    at_most,
+)
 from shared.runconfig.rules import (
+    MOST_DETECTORS,
     RUN_RULES,
     check_ptc_options,
     fill_instrument_defaults,
@@ -94,7 +108,13 @@ def _each_once(ids: list[int]) -> list[int]:
 
 def _filter_choice(value: Any) -> Any:
     """A filter or grating: a name, a filter-wheel position (an integer ≥ 1) or null."""
-    if value is None or isinstance(value, str):
+    if value is None:
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT_LENGTH:
+            raise ValueError(
+                f"has {len(value)} characters, more than the maximum {MAX_TEXT_LENGTH}; give a name"
+            )
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
@@ -104,22 +124,24 @@ def _filter_choice(value: Any) -> Any:
 
 
 _Seconds = Annotated[float, Field(strict=True, allow_inf_nan=False), Noun("a number of seconds")]
-_Count = Annotated[int, Field(strict=True, ge=1)]
-_Discarded = Annotated[int, Field(strict=True, ge=0)]
-_Threshold = Annotated[int, Field(strict=True, ge=0)]
-_ExposureTime = Annotated[_Seconds, Field(ge=0)]
+_Count = Annotated[int, Field(strict=True, ge=1, le=MAX_KEPT_FRAMES)]
+_Discarded = Annotated[int, Field(strict=True, ge=0, le=MAX_DISCARDED_FRAMES)]
+_Threshold = Annotated[int, Field(strict=True, ge=0, le=MAX_THRESHOLD)]
+_ExposureTime = Annotated[_Seconds, Field(ge=0, le=MAX_EXPOSURE_TIME_S)]
 _ExposureTimes = Annotated[
     Annotated[_ExposureTime, Tag("number")]
     | Annotated[
         list[_ExposureTime],
+        at_most(MAX_FRAMES_PER_TYPE),
         Field(min_length=1),
         Tag("list"),
         Noun("a non-empty list with one exposure time per exposure"),
     ],
     Discriminator(_number_or_list),
 ]
-_Timeout = Annotated[_Seconds, Field(gt=0)]
-_Collections = Annotated[StrictStr, AfterValidator(_collection_list)]
+_Timeout = Annotated[_Seconds, Field(gt=0, le=MAX_TIMEOUT_S)]
+_Text = Annotated[StrictStr, Field(max_length=MAX_TEXT_LENGTH)]
+_Collections = Annotated[_Text, AfterValidator(_collection_list)]
 _CertifyDate = Annotated[
     StrictStr,
     BeforeValidator(_date_text),
@@ -150,11 +172,11 @@ class TestCase(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: StrictStr | None = None
-    execution: StrictStr | None = None
-    version: StrictStr
+    name: _Text | None = None
+    execution: _Text | None = None
+    version: _Text
     initial_step: StrictInt | None = None
-    project: StrictStr | None = None
+    project: _Text | None = None
 
 
 class RunConfiguration(CheckedModel):
@@ -230,8 +252,8 @@ class RunConfiguration(CheckedModel):
     simulator: SimulatorConfig | None = None
 
     # BaseBlockScript
-    program: StrictStr | None = None
-    reason: StrictStr | None = None
+    program: _Text | None = None
+    reason: _Text | None = None
     test_case: TestCase | None = None
 
     # BaseMakeCalibrations
@@ -244,30 +266,33 @@ class RunConfiguration(CheckedModel):
     n_flat: _Count = 20
     n_discard_flat: _Discarded = 1
     exp_times_flat: _ExposureTimes = 5.0
-    wait_between_exposures: Annotated[_Seconds, Field(ge=0)] = 0.0
+    wait_between_exposures: Annotated[_Seconds, Field(ge=0, le=MAX_WAIT_BETWEEN_EXPOSURES_S)] = 0.0
     generate_calibrations: StrictBool = False
     do_verify: StrictBool = True
     number_verification_tests_threshold_bias: _Threshold = 8
     number_verification_tests_threshold_dark: _Threshold = 8
     number_verification_tests_threshold_flat: _Threshold = 8
-    config_options_bias: StrictStr = " "
-    config_options_dark: StrictStr = " "
-    config_options_flat: StrictStr = " "
+    config_options_bias: _Text = " "
+    config_options_dark: _Text = " "
+    config_options_flat: _Text = " "
     do_defects: StrictBool = False
-    config_options_defects: StrictStr = " "
+    config_options_defects: _Text = " "
     do_ptc: StrictBool = False
-    config_options_ptc: Annotated[StrictStr, AfterValidator(check_ptc_options)] = " "
+    config_options_ptc: Annotated[_Text, AfterValidator(check_ptc_options)] = " "
     do_gain_from_flat_pairs: StrictBool = True
-    n_processes: _Count = 8
+    n_processes: Annotated[int, Field(strict=True, ge=1, le=MAX_PROCESSES)] = 8
     certify_calib_begin_date: _CertifyDate = "1950-01-01"
     certify_calib_end_date: _CertifyDate = "2050-01-01"
     oods_timeout: _Timeout = 120.0
     background_task_timeout: _Timeout = 30.0
-    note: StrictStr | None = None
+    note: _Text | None = None
 
     # Subclass keys (the instrument-dependent defaults are filled in by rules.fill_instrument_defaults)
     detectors: Annotated[
-        list[StrictInt], AfterValidator(_each_once), Noun("a list of detector ids (integers), [] for all")
+        list[StrictInt],
+        at_most(MOST_DETECTORS),
+        AfterValidator(_each_once),
+        Noun("a list of detector ids (integers), [] for all"),
     ] = Field(default_factory=list)
     filter: _FilterChoice = None
     grating: _FilterChoice = None
@@ -280,10 +305,12 @@ class RunConfiguration(CheckedModel):
     input_collections_defects: _Collections = ""
     input_collections_ptc: _Collections = ""
     calib_collection: Annotated[StrictStr, AfterValidator(_calib_collection)] = ""
-    repo: StrictStr = ""
-    ignore: Annotated[list[StrictStr], Noun("a list of MTCS component names (strings)")] = Field(
-        default_factory=list
-    )
+    repo: _Text = ""
+    ignore: Annotated[
+        list[_Text],
+        at_most(MAX_LIST_ITEMS),
+        Noun("a list of MTCS component names (strings)"),
+    ] = Field(default_factory=list)
 
     def __init__(self, **data: Any) -> None:
         try:

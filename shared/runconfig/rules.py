@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from shared.instruments import get_instrument, instrument_names
 from shared.runconfig.checked import Problem, Rule, rule
+from shared.runconfig.limits import MAX_DATA_TAKING_S
+from shared.runconfig.simulator import MAX_SIMULATED_PIXELS
 from shared.runconfig.vocabulary import INSTRUMENTS, PTC_FIT_TYPES, ScriptMode
 
 if TYPE_CHECKING:
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLLECTION_KEYS",
+    "MOST_DETECTORS",
     "RUN_RULES",
     "check_ptc_options",
     "fill_instrument_defaults",
@@ -63,6 +66,10 @@ def instrument_detector_ids(instrument: str) -> list[int]:
     if instrument in instrument_names():
         return sorted(get_instrument(instrument).detector_ids)
     return list(_LSSTCAM_DETECTOR_IDS)
+
+
+MOST_DETECTORS = max(len(instrument_detector_ids(name)) for name in INSTRUMENTS)
+"""Most ``detectors`` a configuration may list: the largest camera's (LSSTCam, 205)."""
 
 
 def fill_instrument_defaults(data: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +234,51 @@ def _filter_and_grating(config: RunConfiguration, given: frozenset[str]) -> Iter
             yield key, problem
 
 
+_COUNT_KEYS = tuple(f"n_{k}{t}" for t in ("bias", "dark", "flat") for k in ("", "discard_"))
+
+
+@rule("script_mode", "wait_between_exposures", "exp_times_dark", "exp_times_flat", *_COUNT_KEYS)
+def _data_taking_time(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    exposures = [t for image_type in config.image_types for t in config.exposure_times(image_type)]
+    seconds = sum(exposures) + len(exposures) * config.wait_between_exposures
+    if seconds > MAX_DATA_TAKING_S:
+        yield (
+            "",
+            f"data taking: {len(exposures)} exposures (exp_times_*, with wait_between_exposures after "
+            f"each) would take {seconds / 3600:.1f} h, more than the {MAX_DATA_TAKING_S / 3600:g} h a run "
+            "may take; take fewer or shorter exposures, or wait less",
+        )
+
+
+@rule("instrument", "camera", "simulator", "detectors", "script_mode", *_COUNT_KEYS)
+def _simulated_pixels(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    if (
+        config.camera != "simulated"
+        or config.simulator is None
+        or config.instrument not in instrument_names()
+    ):
+        return
+    shape = config.simulator.amp_data_shape
+    inst = get_instrument(config.instrument)
+    pixels_per_frame = 0
+    detectors = [
+        inst.detector(d) for d in config.detector_ids if d in inst.detector_ids
+    ]  # others: a rule above
+    for detector in detectors:
+        if shape is not None:
+            detector = detector.with_data_shape(*shape)
+        pixels_per_frame += sum(amp.raw_rows * amp.raw_cols for amp in detector.amplifiers)
+    n_exposures = sum(config.n_kept(t) + config.n_discard(t) for t in config.image_types)
+    pixels = n_exposures * pixels_per_frame
+    if pixels > MAX_SIMULATED_PIXELS:
+        yield (
+            "simulator",
+            f"the run would simulate {n_exposures} exposures x {len(detectors)} detector(s), "
+            f"{pixels:.3g} raw pixels, more than the {MAX_SIMULATED_PIXELS:.3g} a simulated run may write; "
+            "take fewer exposures or detectors, or set a smaller simulator.amp_data_shape",
+        )
+
+
 RUN_RULES: tuple[Rule[Any], ...] = (
     _simulated_instrument,
     _exposure_time_count("dark"),
@@ -237,5 +289,7 @@ RUN_RULES: tuple[Rule[Any], ...] = (
     _filter_and_grating,
     _bias_dark_flat_options,
     _simulator_section,
+    _data_taking_time,
+    _simulated_pixels,
 )
 """The rules of a `~shared.runconfig.model.RunConfiguration`, in the order their messages are reported."""

@@ -1,6 +1,7 @@
 """The ``simulator`` section (``camera: simulated`` only) and the faults it injects.
 
-Every default and limit of the simulated camera is stated here, once: `SimulatorConfig` validates
+Every default and limit of the simulated camera is stated here, once (the real amplifier size and
+saturation are read from `shared.instruments`): `SimulatorConfig` validates
 a configuration with them, and `services.acquirer.simulated_camera.SimulatedCamera` takes its
 defaults from here and checks its arguments with `SimulatorConfig.validated`.
 """
@@ -21,9 +22,10 @@ from pydantic import (
     model_serializer,
 )
 
-from shared.instruments import amplifier_layout
+from shared.instruments import amplifier_layout, get_instrument, instrument_names
 from shared.runconfig.checked import CheckedModel, Problem, Rule, rule
 from shared.runconfig.errors import Noun, Null, Unit, configuration_error, describe
+from shared.runconfig.limits import MAX_FRAMES_PER_TYPE, at_most
 from shared.runconfig.vocabulary import ImageType
 
 __all__ = [
@@ -35,8 +37,20 @@ __all__ = [
     "DEFAULT_GAIN_SPREAD",
     "DEFAULT_HOT_PIXEL_FRACTION",
     "FAULT_KINDS",
+    "MAX_AMP_DATA_COLS",
+    "MAX_AMP_DATA_ROWS",
+    "MAX_BIAS_LEVEL_ADU",
+    "MAX_COSMIC_RAY_RATE",
+    "MAX_DARK_CURRENT_E_PER_S",
+    "MAX_DARK_RAMP_E_PER_S",
     "MAX_DEFECT_PIXEL_FRACTION",
+    "MAX_FAULTS",
+    "MAX_FAULT_FACTOR",
+    "MAX_FAULT_LEVEL_E",
+    "MAX_FLAT_FLUX_E_PER_S",
     "MAX_GAIN_SPREAD",
+    "MAX_SEED",
+    "MAX_SIMULATED_PIXELS",
     "SimulatorConfig",
     "SimulatorFault",
 ]
@@ -60,6 +74,46 @@ MAX_DEFECT_PIXEL_FRACTION = 0.1
 """Most hot or cold pixels, as a fraction: beyond it a detector is not a plausible science sensor."""
 MAX_GAIN_SPREAD = 0.2
 """Largest fractional spread of the actual gains around the nominal ones."""
+
+
+def _real_amplifiers() -> tuple[int, int, float, int]:
+    """Data rows, data columns, raw saturation (ADU) and raw pixels per detector of the real sensors."""
+    detectors = [det for name in instrument_names() for det in get_instrument(name).detectors]
+    amps = [amp for det in detectors for amp in det.amplifiers]
+    pixels = max(sum(a.raw_rows * a.raw_cols for a in det.amplifiers) for det in detectors)
+    return (
+        max(a.data_rows for a in amps),
+        max(a.data_cols for a in amps),
+        max(a.saturation for a in amps),
+        pixels,
+    )
+
+
+MAX_AMP_DATA_ROWS, MAX_AMP_DATA_COLS, MAX_BIAS_LEVEL_ADU, _DETECTOR_RAW_PIXELS = _real_amplifiers()
+"""``amp_data_shape`` is at most the real data section (2000 x 509): real frames are the largest the
+simulator writes. The bias level is at most the raw saturation (ADU)."""
+
+MAX_SEED = 2**32 - 1
+"""Largest ``seed``: one 32-bit word, as most seeding interfaces take; larger seeds are not more random."""
+MAX_FAULTS = 64
+"""Most injected faults: each is applied to every frame it selects; a test needs a handful."""
+MAX_FLAT_FLUX_E_PER_S = 1e6
+"""Brightest flat illumination, e⁻/s per pixel: the full well (~1e5 e⁻) in 0.1 s."""
+MAX_DARK_CURRENT_E_PER_S = 100.0
+"""Largest background dark current, e⁻/s per pixel: 5000 times the default, twice the hottest pixel."""
+MAX_COSMIC_RAY_RATE = 10.0
+"""Largest cosmic-ray rate, per cm² per s: 100 times the default. Cosmic rays are drawn one by one, so
+this bounds the work of a frame (about 37 000 per amplifier in an hour-long dark)."""
+MAX_FAULT_LEVEL_E = 1e6
+"""Brightest light leak, e⁻ per pixel: ten full wells."""
+MAX_FAULT_FACTOR = 100.0
+"""Largest read-noise multiplier of a hot amplifier."""
+MAX_DARK_RAMP_E_PER_S = 100.0
+"""Largest dark-ramp step per dark frame, e⁻/s."""
+MAX_SIMULATED_PIXELS = 2000 * _DETECTOR_RAW_PIXELS
+"""Most raw pixels a simulated run may write (frames x detectors x raw pixels per detector): 2000
+full-size detector frames, about 150 GB of int32 before compression; 3.4 times the reference run
+(65 exposures) on all nine LSSTComCam detectors."""
 
 FaultKind = Literal["light_leak", "hot_amplifier", "dark_ramp"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
@@ -86,7 +140,7 @@ def _amplifier_names(value: Any) -> Any:
     return value
 
 
-_FrameIndex = Annotated[int, Field(strict=True, ge=0), Noun("a frame index")]
+_FrameIndex = Annotated[int, Field(strict=True, ge=0, le=MAX_FRAMES_PER_TYPE - 1), Noun("a frame index")]
 _Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
@@ -120,12 +174,15 @@ class SimulatorFault(CheckedModel):
     kind: FaultKind
     image_type: Annotated[ImageType | None, Null("every image type")] = None
     exposures: Annotated[
-        list[_FrameIndex] | None, Noun("a list of frame indices (0-based)"), Null("all frames")
+        list[_FrameIndex] | None,
+        at_most(MAX_FRAMES_PER_TYPE),
+        Noun("a list of frame indices (0-based)"),
+        Null("all frames"),
     ] = None
-    level_e: Annotated[_Number, Field(ge=0), Unit("e⁻ per pixel")] = 200.0
+    level_e: Annotated[_Number, Field(ge=0, le=MAX_FAULT_LEVEL_E), Unit("e⁻ per pixel")] = 200.0
     amplifiers: Annotated[list[StrictStr] | Literal["all"], BeforeValidator(_amplifier_names)] = "all"
-    factor: Annotated[_Number, Field(gt=0), Unit("read-noise multiplier")] = 3.0
-    step_e_per_s: Annotated[_Number, Field(ge=0), Unit("e⁻/s per dark frame")] = 0.5
+    factor: Annotated[_Number, Field(gt=0, le=MAX_FAULT_FACTOR), Unit("read-noise multiplier")] = 3.0
+    step_e_per_s: Annotated[_Number, Field(ge=0, le=MAX_DARK_RAMP_E_PER_S), Unit("e⁻/s per dark frame")] = 0.5
 
     @classmethod
     def rules(cls) -> tuple[Rule[Any], ...]:
@@ -166,6 +223,16 @@ def _dark_ramp_on_darks(fault: SimulatorFault, given: frozenset[str]) -> Iterato
 _FAULT_RULES: tuple[Rule[Any], ...] = (_keys_of_kind, _dark_ramp_on_darks)
 
 
+_DataRows = Annotated[int, Field(strict=True, ge=1, le=MAX_AMP_DATA_ROWS), Unit("data rows of an amplifier")]
+_DataCols = Annotated[
+    int, Field(strict=True, ge=1, le=MAX_AMP_DATA_COLS), Unit("data columns of an amplifier")
+]
+_PerPixel = Unit("e⁻/s per pixel")
+_DefectFraction = Annotated[
+    _Number, Field(ge=0, le=MAX_DEFECT_PIXEL_FRACTION), Unit("a fraction of the pixels")
+]
+
+
 class SimulatorConfig(BaseModel):
     """Settings of cpflow's simulated camera (``camera: simulated`` only).
 
@@ -194,33 +261,29 @@ class SimulatorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seed: Annotated[int, Field(strict=True, ge=0)] = 0
+    seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] = 0
     amp_data_shape: Annotated[
-        tuple[
-            Annotated[int, Field(strict=True, ge=1), Unit("data rows of an amplifier")],
-            Annotated[int, Field(strict=True, ge=1), Unit("data columns of an amplifier")],
-        ]
-        | None,
+        tuple[_DataRows, _DataCols] | None,
         Noun("[rows, cols] of an amplifier's data section"),
         Null("the instrument's real size"),
     ] = None
-    bias_level_adu: Annotated[_Number, Unit("ADU")] = DEFAULT_BIAS_LEVEL_ADU
-    faults: Annotated[list[SimulatorFault], Noun("a list of faults (mappings with a kind)")] = Field(
-        default_factory=list
+    bias_level_adu: Annotated[_Number, Field(ge=0, le=MAX_BIAS_LEVEL_ADU), Unit("ADU")] = (
+        DEFAULT_BIAS_LEVEL_ADU
     )
-    flat_flux_e_per_s: Annotated[_Number, Field(ge=0), Unit("e⁻/s per pixel")] = DEFAULT_FLAT_FLUX_E_PER_S
-    dark_current_e_per_s: Annotated[_Number, Field(ge=0), Unit("e⁻/s per pixel")] = (
+    faults: Annotated[
+        list[SimulatorFault], at_most(MAX_FAULTS), Noun("a list of faults (mappings with a kind)")
+    ] = Field(default_factory=list)
+    flat_flux_e_per_s: Annotated[_Number, Field(ge=0, le=MAX_FLAT_FLUX_E_PER_S), _PerPixel] = (
+        DEFAULT_FLAT_FLUX_E_PER_S
+    )
+    dark_current_e_per_s: Annotated[_Number, Field(ge=0, le=MAX_DARK_CURRENT_E_PER_S), _PerPixel] = (
         DEFAULT_DARK_CURRENT_E_PER_S
     )
-    hot_pixel_fraction: Annotated[
-        _Number, Field(ge=0, le=MAX_DEFECT_PIXEL_FRACTION), Unit("a fraction of the pixels")
-    ] = DEFAULT_HOT_PIXEL_FRACTION
-    cold_pixel_fraction: Annotated[
-        _Number, Field(ge=0, le=MAX_DEFECT_PIXEL_FRACTION), Unit("a fraction of the pixels")
-    ] = DEFAULT_COLD_PIXEL_FRACTION
-    cosmic_ray_rate: Annotated[_Number, Field(ge=0), Unit("cosmic rays per cm² per s")] = (
-        DEFAULT_COSMIC_RAY_RATE
-    )
+    hot_pixel_fraction: _DefectFraction = DEFAULT_HOT_PIXEL_FRACTION
+    cold_pixel_fraction: _DefectFraction = DEFAULT_COLD_PIXEL_FRACTION
+    cosmic_ray_rate: Annotated[
+        _Number, Field(ge=0, le=MAX_COSMIC_RAY_RATE), Unit("cosmic rays per cm² per s")
+    ] = DEFAULT_COSMIC_RAY_RATE
     gain_spread: Annotated[
         _Number, Field(ge=0, le=MAX_GAIN_SPREAD), Unit("a fractional spread of the gains")
     ] = DEFAULT_GAIN_SPREAD

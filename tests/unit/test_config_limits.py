@@ -34,3 +34,113 @@ def test_camera_from_config_takes_every_simulator_setting(tmp_path: Path) -> Non
     cam = SimulatedCamera.from_config(get_instrument("LATISS"), sim, tmp_path / "raw", tmp_path / "state")
     assert (cam.seed, cam.amp_data_shape, cam.gain_spread, cam.cosmic_ray_rate) == (4, (8, 6), 0.2, 0.0)
     assert cam.state_dir == tmp_path / "state"
+
+
+BASE = {"instrument": "LATISS", "script_mode": "BIAS_DARK_FLAT"}
+
+
+@pytest.mark.parametrize(
+    ("key", "extra", "shown"),
+    [
+        ("wait_between_exposures", {"wait_between_exposures": 1e12}, "1000000000000"),
+        ("n_bias", {"n_bias": 100000}, "100000"),
+        ("n_dark", {"n_dark": 1000000}, "1000000"),
+        ("simulator.amp_data_shape[0]", {"simulator": {"amp_data_shape": [100000, 100000]}}, "100000"),
+        ("simulator.amp_data_shape[1]", {"simulator": {"amp_data_shape": [100000, 100000]}}, "100000"),
+    ],
+)
+def test_attack_values_are_rejected_naming_key_value_and_range(key: str, extra: dict, shown: str) -> None:
+    errors = _errors({**BASE, **extra})
+    message = next(e for e in errors if e.startswith(f"{key}:"))
+    assert shown in message and "maximum" in message and "between" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("n_discard_bias", 10**6),
+        ("n_flat", 10**6),
+        ("n_discard_flat", 10**6),
+        ("exp_times_dark", 1e9),
+        ("exp_times_flat", 10**7),
+        ("oods_timeout", 1e9),
+        ("background_task_timeout", 1e9),
+        ("n_processes", 10**6),
+        ("number_verification_tests_threshold_bias", 10**9),
+        ("number_verification_tests_threshold_flat", 10**9),
+    ],
+)
+def test_counts_times_and_thresholds_are_bounded(key: str, value: float) -> None:
+    (message,) = _errors({**BASE, key: value})
+    assert message.startswith(f"{key}:") and "maximum" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("seed", 2**32),
+        ("cosmic_ray_rate", 1e12),
+        ("flat_flux_e_per_s", 1e12),
+        ("dark_current_e_per_s", 1e12),
+        ("bias_level_adu", 1e12),
+    ],
+)
+def test_simulator_settings_are_bounded(key: str, value: float) -> None:
+    (message,) = _errors({**BASE, "simulator": {key: value}})
+    assert message.startswith(f"simulator.{key}:") and "maximum" in message
+
+
+def test_lists_are_bounded_before_their_items_are_checked() -> None:
+    n = 100_000
+    for data, key in (
+        ({"exp_times_flat": [1.0] * n}, "exp_times_flat"),
+        ({"simulator": {"faults": [{"kind": "light_leak"}] * n}}, "simulator.faults"),
+        ({"simulator": {"faults": [{"kind": "light_leak", "exposures": list(range(n))}]}}, "exposures"),
+        ({"instrument": "LSSTCam", "camera": "sal", "detectors": list(range(n))}, "detectors"),
+        ({"instrument": "LSSTCam", "camera": "sal", "ignore": ["mtdome"] * n}, "ignore"),
+    ):
+        (message,) = _errors({**BASE, **data})  # one message, not one per item
+        assert key in message.split(":")[0] and f"{n} items" in message and "maximum" in message
+
+
+def test_fault_frame_indices_are_bounded() -> None:
+    (message,) = _errors({**BASE, "simulator": {"faults": [{"kind": "light_leak", "exposures": [10**9]}]}})
+    assert message.startswith("simulator.faults[0].exposures[0]:") and "maximum" in message
+
+
+def test_free_text_is_bounded() -> None:
+    for key in ("note", "reason", "program", "config_options_ptc", "repo", "filter"):
+        (message,) = _errors({**BASE, key: "x" * 100_000})
+        assert message.startswith(f"{key}:") and "100000 characters" in message
+
+
+def test_a_simulated_run_may_not_write_without_bound() -> None:
+    big = {"instrument": "LSSTComCam", "script_mode": "BIAS_DARK_FLAT", "n_bias": 1000, "n_dark": 1000}
+    big["exp_times_dark"] = 1.0
+    (message,) = _errors(big)
+    assert message.startswith("simulator:") and "amp_data_shape" in message and "pixels" in message
+    # The same run with small frames, or on the real camera, is accepted.
+    validate_run_configuration({**big, "simulator": {"amp_data_shape": [20, 10]}})
+    validate_run_configuration({**big, "camera": "sal"})
+
+
+def test_data_taking_time_is_bounded() -> None:
+    data = {**BASE, "n_dark": 1000, "exp_times_dark": 3000.0}
+    (message,) = _errors(data)
+    assert "exp_times" in message and "wait_between_exposures" in message and " h" in message
+    (message,) = _errors({**BASE, "n_bias": 1000, "wait_between_exposures": 600})
+    assert "wait_between_exposures" in message
+
+
+def test_the_reference_defaults_are_within_the_limits() -> None:
+    for instrument, camera in (("LATISS", "simulated"), ("LSSTComCam", "simulated"), ("LSSTCam", "sal")):
+        config = validate_run_configuration(
+            {"instrument": instrument, "camera": camera, "script_mode": "BIAS_DARK_FLAT"}
+        )
+        assert config.n_dark == 22
+
+
+def test_many_problems_are_summarised() -> None:
+    errors = _errors({**BASE, "exp_times_flat": ["x"] * 500, "n_flat": 499})
+    assert len(errors) < 100
+    assert errors[0].startswith("exp_times_flat[0]:") and "more problems" in errors[-1]
