@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
 )
 
+from shared.identifiers import validate_collection_name
 from shared.instruments import get_instrument, instrument_names
 from shared.runconfig.checked import CheckedModel, Rule
 from shared.runconfig.errors import ConfigurationError, Noun, configuration_error, describe
@@ -88,15 +89,18 @@ def _certify_date(text: str) -> str:
 
 
 def _collection_list(value: str) -> str:
-    if not [c for c in value.split(",") if c.strip()]:
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    if not names:
         raise ValueError("names no collection; give comma-separated collection names")
+    for name in names:
+        validate_collection_name(name)
     return value
 
 
 def _calib_collection(value: str) -> str:
     if not value.strip():
         raise ValueError("is empty; give the CALIBRATION collection to certify into")
-    return value
+    return validate_collection_name(value)
 
 
 def _each_once(ids: list[int]) -> list[int]:

@@ -279,6 +279,30 @@ def _simulated_pixels(config: RunConfiguration, given: frozenset[str]) -> Iterat
         )
 
 
+def _reserved_collections(instrument: str) -> dict[str, str]:
+    # The names of shared.butler.repo (raw_collection, calib_chain, run_collection), not imported so
+    # that reading a configuration needs no butler; tests/unit/test_identifiers.py checks they agree.
+    return {
+        f"{instrument}/raw/all": f"holds the {instrument} raws",
+        f"{instrument}/calib": f"is the CHAINED collection of {instrument}'s certified calibrations",
+        f"{instrument}/runs": "holds every run's outputs",
+    }
+
+
+@rule("calib_collection")
+def _calib_collection_not_reserved(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    name = config.calib_collection
+    for instrument in INSTRUMENTS:
+        for reserved, what in _reserved_collections(instrument).items():
+            if name == reserved or (reserved.endswith("/runs") and name.startswith(reserved + "/")):
+                yield (
+                    "calib_collection",
+                    f"{name!r} is reserved ({reserved} {what}); certify into a CALIBRATION collection "
+                    f"of its own, such as {config.instrument}/calib/daily",
+                )
+                return
+
+
 RUN_RULES: tuple[Rule[Any], ...] = (
     _simulated_instrument,
     _exposure_time_count("dark"),
@@ -289,6 +313,7 @@ RUN_RULES: tuple[Rule[Any], ...] = (
     _filter_and_grating,
     _bias_dark_flat_options,
     _simulator_section,
+    _calib_collection_not_reserved,
     _data_taking_time,
     _simulated_pixels,
 )
