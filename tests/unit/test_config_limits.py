@@ -9,7 +9,12 @@ import pytest
 
 from services.acquirer.simulated_camera import SimulatedCamera
 from shared.instruments import get_instrument
-from shared.runconfig import ConfigurationError, SimulatorConfig, validate_run_configuration
+from shared.runconfig import (
+    ConfigurationError,
+    SimulatorConfig,
+    load_run_configuration,
+    validate_run_configuration,
+)
 
 
 def _errors(data: dict[str, Any]) -> list[str]:
@@ -144,3 +149,30 @@ def test_many_problems_are_summarised() -> None:
     errors = _errors({**BASE, "exp_times_flat": ["x"] * 500, "n_flat": 499})
     assert len(errors) < 100
     assert errors[0].startswith("exp_times_flat[0]:") and "more problems" in errors[-1]
+
+
+# --------------------------------------------------------------------------------------------------
+# The configuration file.
+
+VALID_HEAD = "instrument: LATISS\nscript_mode: BIAS\n"
+
+
+def _rejection(path: Path) -> list[str]:
+    with pytest.raises(ConfigurationError) as info:
+        load_run_configuration(path)
+    return info.value.errors
+
+
+def test_duplicate_keys_are_rejected_at_every_level_with_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(VALID_HEAD + "n_bias: 3\nsimulator:\n  seed: 1\n  seed: 2\nn_bias: 4\n")
+    errors = _rejection(path)
+    assert len(errors) == 2
+    assert "'seed'" in errors[0] and "line 6" in errors[0] and "line 5" in errors[0]
+    assert "'n_bias'" in errors[1] and "line 7" in errors[1] and "line 3" in errors[1]
+    path.write_text("{instrument: LATISS, script_mode: BIAS, instrument: LSSTComCam}\n")
+    (message,) = _rejection(path)
+    assert "'instrument'" in message and "twice" in message
+    path.write_text(VALID_HEAD + "simulator: {faults: [{kind: light_leak, level_e: 1, level_e: 2}]}\n")
+    (message,) = _rejection(path)
+    assert "'level_e'" in message and "line 3" in message
