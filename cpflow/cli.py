@@ -26,7 +26,7 @@ from typing import Any
 from cpflow.runview import RunView, build_views
 from cpflow.topics_reader import publish_event, read_events, wait_for_final_status
 from shared.events import RunRequested, RunStatus
-from shared.runconfig import ConfigurationError, load_run_configuration
+from shared.runconfig import ConfigurationError, load_run_document
 from shared.settings import Settings
 from shared.topics import Topics
 
@@ -53,15 +53,12 @@ def _print_status_line(event: dict[str, Any]) -> None:
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        config = load_run_configuration(args.config)
+        document, config = load_run_document(args.config)
     except ConfigurationError as exc:
         print(f"configuration rejected ({args.config}):", file=sys.stderr)
         for error in exc.errors:
             print(f"  - {error}", file=sys.stderr)
         return EXIT_REJECTED
-    import yaml
-
-    document = yaml.safe_load(Path(args.config).read_text())
     topics = Topics(settings.topic_prefix)
     run_id = new_run_id()
     request = RunRequested(

@@ -21,7 +21,7 @@ Modules: `~shared.runconfig.vocabulary` (instruments, cameras, modes, image and 
 """
 
 from shared.runconfig.errors import ConfigurationError
-from shared.runconfig.loading import load_run_configuration
+from shared.runconfig.loading import load_run_configuration, load_run_document
 from shared.runconfig.model import RunConfiguration, TestCase, validate_run_configuration
 from shared.runconfig.simulator import FAULT_KINDS, SimulatorConfig, SimulatorFault
 from shared.runconfig.vocabulary import CAMERAS, INSTRUMENTS, PTC_FIT_TYPES, ScriptMode
@@ -38,5 +38,6 @@ __all__ = [
     "SimulatorFault",
     "TestCase",
     "load_run_configuration",
+    "load_run_document",
     "validate_run_configuration",
 ]

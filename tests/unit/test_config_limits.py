@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import time
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,6 +19,7 @@ from shared.runconfig import (
     ConfigurationError,
     SimulatorConfig,
     load_run_configuration,
+    load_run_document,
     validate_run_configuration,
 )
 
@@ -152,9 +159,24 @@ def test_many_problems_are_summarised() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The configuration file.
+# The configuration file: bounded before it is parsed.
 
 VALID_HEAD = "instrument: LATISS\nscript_mode: BIAS\n"
+
+
+@contextmanager
+def _bounded(seconds: float = 5.0, megabytes: float = 50.0) -> Iterator[None]:
+    """Generous guards: the rejection finishes fast and allocates little (Python allocations)."""
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        elapsed = time.monotonic() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert elapsed < seconds, f"took {elapsed:.1f} s"
+    assert peak < megabytes * 2**20, f"allocated {peak / 2**20:.0f} MB"
 
 
 def _rejection(path: Path) -> list[str]:
@@ -176,3 +198,95 @@ def test_duplicate_keys_are_rejected_at_every_level_with_their_lines(tmp_path: P
     path.write_text(VALID_HEAD + "simulator: {faults: [{kind: light_leak, level_e: 1, level_e: 2}]}\n")
     (message,) = _rejection(path)
     assert "'level_e'" in message and "line 3" in message
+
+
+def test_deep_nesting_is_rejected_not_a_recursion_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(VALID_HEAD + "note: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with _bounded():
+        (message,) = _rejection(path)
+    assert str(path) in message and "nested" in message and "line 3" in message
+    path.write_text(VALID_HEAD + "simulator: " + "{a: " * 100_000 + "1" + "}" * 100_000 + "\n")
+    with _bounded():
+        (message,) = _rejection(path)
+    assert "nested" in message
+
+
+def test_an_alias_bomb_under_a_known_key_is_rejected_fast(tmp_path: Path) -> None:
+    lines = [VALID_HEAD, "reason: &a [x, x, x, x, x, x, x, x, x, x]\n"]
+    for previous, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"note: &{name} [{', '.join(['*' + previous] * 10)}]\n")
+    lines.append("exp_times_dark: *i\n")  # 10**9 values if expanded
+    path = tmp_path / "bomb.yaml"
+    path.write_text("".join(lines))
+    with _bounded(megabytes=5):
+        (message,) = _rejection(path)
+    assert "anchors and aliases" in message and "line 3" in message
+
+
+def test_a_huge_file_is_rejected_by_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    chunk = "".join(f"unknown_key_{i:08d}: 1\n" for i in range(40_000)).encode()
+    with path.open("wb") as stream:
+        while stream.tell() < 50 * 2**20:
+            stream.write(chunk)
+    with _bounded():
+        (message,) = _rejection(path)
+    assert str(path) in message and "larger than" in message
+
+
+def test_too_many_values_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "many.yaml"
+    path.write_text(VALID_HEAD + "exp_times_dark: [" + ", ".join(["1"] * 300_000) + "]\n")
+    with _bounded():
+        (message,) = _rejection(path)
+    assert "values" in message and "line 3" in message
+
+
+def test_a_file_that_is_not_utf8_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(VALID_HEAD.encode() + "note: café\n".encode("latin-1"))
+    (message,) = _rejection(path)
+    assert str(path) in message and "UTF-8" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (VALID_HEAD + "certify_calib_begin_date: 2024-13-01\n", "cannot be read"),
+        (VALID_HEAD + "n_bias: " + "9" * 5000 + "\n", "cannot be read"),
+        ("instrument: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+        ("a: 1\n---\nb: 2\n", "not valid YAML"),
+        ("instrument: LATISS\x00\n", "not valid YAML"),
+    ],
+)
+def test_values_python_cannot_build_are_configuration_errors(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text(text)
+    (message,) = _rejection(path)
+    assert str(path) in message and fragment in message
+
+
+def test_load_run_document_returns_the_document_it_validated(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(VALID_HEAD + "n_bias: 3\ncertify_calib_begin_date: 2024-06-01\n")
+    document, config = load_run_document(path)
+    assert document["n_bias"] == 3 and config.n_bias == 3
+    assert validate_run_configuration(document) == config
+
+
+def test_cli_submit_rejects_a_bad_file_with_exit_2_before_any_broker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cpflow import cli
+
+    path = tmp_path / "dup.yaml"
+    path.write_text(VALID_HEAD + "n_bias: 3\nn_bias: 4\n")
+    args = argparse.Namespace(config=str(path), wait=False, timeout=1.0, quiet=True)
+    # No settings at all: a rejection must not need a broker.
+    code = cli.cmd_submit(args, SimpleNamespace())  # type: ignore[arg-type]
+    assert code == cli.EXIT_REJECTED == 2
+    err = capsys.readouterr().err
+    assert "n_bias" in err and "twice" in err
