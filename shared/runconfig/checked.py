@@ -18,7 +18,7 @@ from typing import Any, Generic, Literal, Self, TypeVar, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, ModelWrapValidatorHandler, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
 
-from shared.runconfig.errors import raise_with_problems, rule_error
+from shared.runconfig.errors import key_text, raise_with_problems, rule_error
 
 __all__ = ["CheckedModel", "Problem", "Rule", "rule"]
 
@@ -83,8 +83,8 @@ class CheckedModel(BaseModel):
     def _check_rules(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
         if not isinstance(data, Mapping):
             return handler(data)
-        given = frozenset(str(key) for key in data)
-        prepared = cls.prepare({str(key): value for key, value in data.items()})
+        given = frozenset(key_text(key) for key in data)
+        prepared = cls.prepare({key_text(key): value for key, value in data.items()})
         try:
             model = handler(prepared)
         except ValidationError as exc:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import difflib
 import enum
+import reprlib
 import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, NoReturn, TypeGuard, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel, Tag, ValidationError
@@ -34,6 +35,7 @@ __all__ = [
     "Unit",
     "configuration_error",
     "describe",
+    "key_text",
     "raise_with_problems",
     "rule_error",
     "unknown_key_message",
@@ -98,14 +100,29 @@ class Null:
     text: str
 
 
+_REPR = reprlib.Repr()  # renders a value in bounded time and length, however large or deep it is
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 70, 70
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
 def describe(value: Any) -> str:
     """Render a submitted value for a message: YAML spelling for null and booleans, at most 80 characters."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = repr(value)
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a foreign object whose repr fails
+        text = f"a {type(value).__name__}"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def key_text(key: Any) -> str:
+    """A mapping key as text: itself if a string, else rendered by `describe` (``1`` -> ``"1"``)."""
+    return key if isinstance(key, str) else describe(key)
 
 
 def unknown_key_message(key: str, valid: Iterable[str]) -> str:
@@ -165,7 +182,7 @@ def _is_union(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, types.UnionType)
 
 
-def _is_model(annotation: Any) -> bool:
+def _is_model(annotation: Any) -> TypeGuard[type[BaseModel]]:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
@@ -312,7 +329,11 @@ def _locate(model: type[BaseModel], loc: tuple[str | int, ...]) -> _Where:
             continue
         parent, name = key, str(part)
         key = _join(key, part)
-        if isinstance(part, int):
+        if _is_model(annotation):
+            parent_keys = tuple(annotation.model_fields)
+            field = annotation.model_fields.get(name)
+            slot = _slot(field.annotation, field.metadata) if field is not None else None
+        elif isinstance(part, int):
             args = get_args(annotation)
             if get_origin(annotation) is list and args:
                 slot = _slot(args[0])
@@ -320,10 +341,6 @@ def _locate(model: type[BaseModel], loc: tuple[str | int, ...]) -> _Where:
                 slot = _slot(args[0] if args[-1] is Ellipsis else args[min(part, len(args) - 1)])
             else:
                 slot = None
-        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            parent_keys = tuple(annotation.model_fields)
-            field = annotation.model_fields.get(part)
-            slot = _slot(field.annotation, field.metadata) if field is not None else None
         else:
             slot = None
     return _Where(key or "configuration", name, parent, parent_keys, slot)
@@ -338,7 +355,7 @@ def _message(err: Any, model: type[BaseModel]) -> list[str]:
     where = _locate(model, err["loc"])
     if kind == RULE_ERROR:
         return [f"{where.key}: {ctx['message']}" if err["loc"] else str(ctx["message"])]
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "invalid_key"):
         message = unknown_key_message(where.name, where.parent_keys)
         return [f"{where.parent}: {message}" if where.parent else message]
     if kind == "missing":

@@ -27,7 +27,7 @@ from pydantic import (
 from shared.identifiers import validate_collection_name
 from shared.instruments import get_instrument, instrument_names
 from shared.runconfig.checked import CheckedModel, Rule
-from shared.runconfig.errors import ConfigurationError, Noun, configuration_error, describe
+from shared.runconfig.errors import ConfigurationError, Noun, configuration_error, describe, key_text
 from shared.runconfig.limits import (
     MAX_DISCARDED_FRAMES,
     MAX_EXPOSURE_TIME_S,
@@ -501,4 +501,4 @@ def validate_run_configuration(data: Mapping[str, Any]) -> RunConfiguration:
         raise ConfigurationError(
             f"configuration: must be a mapping of keys to values, got {type(data).__name__}"
         )
-    return RunConfiguration(**{str(key): value for key, value in data.items()})
+    return RunConfiguration(**{key_text(key): value for key, value in data.items()})

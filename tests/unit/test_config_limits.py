@@ -158,6 +158,33 @@ def test_many_problems_are_summarised() -> None:
     assert errors[0].startswith("exp_times_flat[0]:") and "more problems" in errors[-1]
 
 
+def _nested(depth: int) -> list[Any]:
+    outer: list[Any] = []
+    inner = outer
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"note": _nested(100_000)}, "note"),
+        ({"exp_times_dark": _nested(100_000)}, "exp_times_dark[0]"),
+        ({"n_bias": 10**5000}, "n_bias"),
+        ({10**5000: 1}, "unknown key"),
+        ({"simulator": {"faults": [{"kind": "dark_ramp", 10**5000: 1}]}}, "simulator.faults[0]"),
+        ({"simulator": {1: 2}}, "simulator"),
+    ],
+)
+def test_hostile_values_in_a_mapping_are_configuration_errors(data: dict[Any, Any], key: str) -> None:
+    # What the acquirer validates comes from a Kafka event, not through the YAML loader.
+    with _bounded():
+        errors = _errors({**BASE, **data})
+    assert errors[0].startswith(key) and len(errors[0]) < 1000
+
+
 # --------------------------------------------------------------------------------------------------
 # The configuration file: bounded before it is parsed.
 
