@@ -4,8 +4,10 @@ The rules here are those the reference script checks late or not at all (``refer
 make_calibrations_script.md`` §1.4): ``exp_times_*`` lengths against ``n_X + n_discard_X``, detector
 ids of the instrument, filter and grating names, ``certify_calib_begin_date < certify_calib_end_date``,
 options that only apply to ``BIAS_DARK_FLAT``, keys that do not apply to the instrument, and the one
-pipetask option cpflow interprets (``ptcFitType``). Each is a `~shared.runconfig.checked.Rule` that
-names the keys it reads, so it runs whenever those keys are valid, even if others are not.
+pipetask option cpflow interprets (``ptcFitType``); and cpflow's own: ``calib_collection`` is not a
+reserved collection, the data taking fits in a day and a simulated run's pixels fit their budget.
+Each is a `~shared.runconfig.checked.Rule` that names the keys it reads, so it runs whenever those
+keys are valid, even if others are not.
 """
 
 from __future__ import annotations
@@ -298,7 +300,7 @@ def _calib_collection_not_reserved(config: RunConfiguration, given: frozenset[st
                 yield (
                     "calib_collection",
                     f"{name!r} is reserved ({reserved} {what}); certify into a CALIBRATION collection "
-                    f"of its own, such as {config.instrument}/calib/daily",
+                    f"of its own, such as {instrument}/calib/daily",
                 )
                 return
 
