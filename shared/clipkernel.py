@@ -63,14 +63,10 @@ __all__ = [
 
 AFW = 0
 ASTROPY = 1
-TILE = 128
-"""Columns processed together (one SIMD-friendly tile of the per-pixel buffers)."""
 CHUNK_BYTES = 1 << 18
 """Size of the per-thread sort buffer: the columns of a row copied from every input at once."""
 ROW_BLOCK = 16
 """Rows per parallel work item (the per-thread buffers are allocated once per block)."""
-TAIL = 4
-"""Sorted positions at each end of a pixel's values that an afw pass tests one by one."""
 REGISTER_NETWORK_MIN_PIXELS = 1 << 18
 """Pixels per call from which afw sorts with `shared.clipnetworks` (written-out networks)."""
 
@@ -95,7 +91,14 @@ from llvmlite import ir  # noqa: E402
 from numba import njit, prange, types  # noqa: E402  (after the cache directory is chosen)
 from numba.extending import intrinsic  # noqa: E402
 
-from shared.clipnetworks import network_address  # noqa: E402
+from shared.clipnetworks import (  # noqa: E402
+    TAIL,
+    TILE,
+    comparators,
+    network_address,
+    quartile_network,
+    sorting_network,
+)
 
 
 @intrinsic
@@ -115,33 +118,6 @@ def _call_tile_function(typingctx: Any, address: Any, tile: Any) -> Any:
         builder.call(fn, [builder.bitcast(array.data, f32p)])
 
     return signature, codegen
-
-
-def sorting_network(n: int) -> np.ndarray:
-    """Comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort for ``n`` values.
-
-    The network is built for the next power of two and the comparators that touch a position
-    ``>= n`` are dropped: the padding would hold +inf, which such comparators never move.
-    """
-    size = 1
-    while size < n:
-        size *= 2
-    pairs: list[tuple[int, int]] = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p) and i + j + k < n:
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
-
-
-_NETWORKS: dict[int, np.ndarray] = {}
-_QUARTILE_NETWORKS: dict[int, np.ndarray] = {}
 
 
 @njit(cache=True, fastmath=False, inline="always")
@@ -490,16 +466,6 @@ def _afw_tail_passes(
             st_mean[j] = m
             st_var[j] = v
             st_n[j] = np.int32(n)
-
-
-@njit(cache=True, fastmath=False, inline="always")
-def _one(keep: bool) -> float:
-    return 1.0 if keep else 0.0
-
-
-@njit(cache=True, fastmath=False, inline="always")
-def _sel(keep: bool, value: float) -> float:
-    return value if keep else 0.0
 
 
 @njit(cache=True, fastmath=False, inline="always")
@@ -966,37 +932,6 @@ class ClipResult:
         self.n_single = 0
 
 
-def _network(n: int) -> np.ndarray:
-    pairs = _NETWORKS.get(n)
-    if pairs is None:
-        pairs = _NETWORKS[n] = sorting_network(n)
-    return pairs
-
-
-def quartile_network(n: int) -> np.ndarray:
-    """The comparators of `sorting_network` the afw passes need when all ``n`` values are good.
-
-    The needed sorted positions are those the quartiles interpolate (as `_afw_first_limits`
-    picks them) and the `TAIL` positions at each end (the values the passes test one by one).
-    Walking the network backwards, a comparator is kept if it writes a position still needed,
-    which then needs both its inputs. The needed positions end up exactly as after the full sort,
-    and the other positions hold the other values, in some order.
-    """
-    pairs = _QUARTILE_NETWORKS.get(n)
-    if pairs is None:
-        needed: set[int] = set(range(min(TAIL, n))) | set(range(max(0, n - TAIL), n))
-        for q in (0.25, 0.5, 0.75):
-            lower = int(np.floor(q * (n - 1)))
-            needed.update((lower, min(lower + 1, n - 1)))
-        kept: list[tuple[int, int]] = []
-        for i, j in _network(n)[::-1].tolist():
-            if i in needed or j in needed:
-                kept.append((i, j))
-                needed.update((i, j))
-        pairs = _QUARTILE_NETWORKS[n] = np.array(kept[::-1], dtype=np.int64).reshape(-1, 2)
-    return pairs
-
-
 def _flat_view(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A 1-D contiguous read-only view of the memory of ``stack`` and its element strides.
 
@@ -1095,7 +1030,7 @@ def clip_stack(
         strides,
         scale_values,
         unit,
-        _network(n_in),
+        comparators(n_in),
         quartile_network(n_in),
         network,
         _METHODS[method],
