@@ -1,7 +1,7 @@
 """Print the truth-recovery figures that ``tests/unit/test_truth_recovery.py`` asserts limits on.
 
 Run from the repository root: ``PYTHONPATH=. .venv/bin/python bench/truth_figures.py``. It builds
-the same simulated products (same seed and shapes) with the test module's fixture and prints the
+the same simulated products (same seed and shapes) with `bench.scenes`, as the tests do, and prints the
 worst errors per product, so a closing note or a review can quote numbers rather than "passed".
 """
 
@@ -12,20 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-import tests.unit.test_truth_recovery as truth_tests
+from bench.scenes import build_truth_products
 from services.generator.defects import find_defects
 from services.generator.ptc import solve_ptc
 
 
-class _TempFactory:
-    """Stands in for pytest's ``tmp_path_factory``."""
-
-    def mktemp(self, name: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=name))
-
-
 def main() -> None:
-    products = truth_tests.products.__wrapped__(_TempFactory())  # type: ignore[attr-defined]
+    products = build_truth_products(Path(tempfile.mkdtemp(prefix="truth_recovery")))
     truth = products.truth["amplifiers"]
     fits = {
         "EXPAPPROXIMATION": products.ptc,
