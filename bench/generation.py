@@ -42,18 +42,19 @@ from typing import Any
 
 import services.generator.combine as combine_module
 import services.generator.generation as generation
+import shared.butler.calibrations as calibrations
 from services.acquirer.camera import ExposureRequest
 from services.acquirer.simulated_camera import SimulatedCamera
 from services.generator.generation import BUILDERS, BuildRequest
-from services.generator.readiness import CalibSource
+from shared.butler.collections import raw_collection, type_collection
 from shared.butler.exposures import ingest_raws
 from shared.butler.formatters import CalibImageFitsFormatter, RawFitsFormatter
-from shared.butler.repo import create_repository, open_butler, raw_collection
+from shared.butler.repo import create_repository, open_butler
 from shared.clipkernel import warm_up
 from shared.clipnetworks import network_address
 from shared.instruments import get_instrument
+from shared.records import CalibSource
 from shared.runconfig import RunConfiguration, validate_run_configuration
-from shared.runstate import type_collection
 
 INSTRUMENT = "LATISS"
 RUN_ID = "bench-generation"
@@ -68,7 +69,7 @@ MASK_CR = "_mask_cosmic_rays (darks)"
 WRAPPED: list[tuple[str, int, Any, str]] = [
     ("load_raw (butler.get raw)", 0, generation, "load_raw"),
     ("RawFitsFormatter read (astropy.io.fits)", 1, RawFitsFormatter, "read_from_local_file"),
-    ("CalibrationCache.get (bias/dark look-up)", 0, generation.CalibrationCache, "get"),
+    ("CalibrationCache.get (bias/dark look-up)", 0, calibrations.CalibrationCache, "get"),
     ("CalibImageFitsFormatter read", 1, CalibImageFitsFormatter, "read_from_local_file"),
     ("run_isr (shared.isr)", 0, generation, "run_isr"),
     (MASK_CR, 0, generation, "_mask_cosmic_rays"),
@@ -234,7 +235,10 @@ def run(args: argparse.Namespace) -> None:
                 detectors=tuple(detectors),
                 physical_filter=config.physical_filter,
                 sources={
-                    p: CalibSource(p, "run", (type_collection(INSTRUMENT, RUN_ID, p),)) for p in prerequisites
+                    p: CalibSource(
+                        calib_type=p, kind="run", collections=(type_collection(INSTRUMENT, RUN_ID, p),)
+                    )
+                    for p in prerequisites
                 },
             )
             timers.reset()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 
 def contract_yaml() -> str:
     """The AsyncAPI 3.0 document of all four services, with the default topic prefix."""
-    os.environ.setdefault("CPFLOW_TOPIC_PREFIX", "cpflow")
     from services.acquirer.app import register as acquirer
     from services.certifier.app import register as certifier
     from services.generator.app import register as generator
@@ -15,8 +12,7 @@ def contract_yaml() -> str:
     from shared.service import build_contract_app
     from shared.settings import Settings
 
-    settings = Settings.from_env()
-    settings = Settings(**{**settings.__dict__, "topic_prefix": "cpflow", "kafka_bootstrap": "kafka:9092"})
+    settings = Settings(topic_prefix="cpflow", kafka_bootstrap="kafka:9092")
     app = build_contract_app(
         {"acquirer": acquirer, "generator": generator, "verifier": verifier, "certifier": certifier}, settings
     )

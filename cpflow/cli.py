@@ -7,100 +7,50 @@
     cpflow demo [CONFIG.yaml]
 
 Exit codes of ``submit``: 0 submitted (with ``--wait``: the run SUCCEEDED), 1 the run FAILED,
-2 the configuration was rejected, 3 no final state before the timeout.
+2 the configuration was rejected, 3 no final state before the timeout; any command: 4 a ``CPFLOW_*``
+environment variable has a bad value.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
-import secrets
-import socket
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
+from cpflow.demo import DEMO_CONFIG, run_demo
 from cpflow.runview import RunView, build_views
-from cpflow.topics_reader import publish_event, read_events, wait_for_final_status
-from shared.events import RunRequested, RunStatus
-from shared.runconfig import ConfigurationError, load_run_document
-from shared.settings import Settings
+from cpflow.submission import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    print_status_line,
+    report_final,
+    submit_run,
+    wait_for_run,
+)
+from cpflow.topics_reader import read_events
+from shared.runconfig import ConfigurationError
+from shared.settings import Settings, SettingsError, load_settings
 from shared.topics import Topics
 
-__all__ = ["main", "new_run_id"]
-
-EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT = 0, 1, 2, 3
-DEMO_CONFIG = Path(__file__).parent / "demo_run.yaml"
-
-
-def new_run_id() -> str:
-    """A sortable, unique run id, e.g. ``20261127T161503-3f9a1c``."""
-    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
-
-
-def _print_status_line(event: dict[str, Any]) -> None:
-    progress = event.get("progress")
-    extra = f" [{progress['done']}/{progress['total']}]" if progress else ""
-    print(
-        f"  {event.get('time', '')[:19]}  {event.get('state', ''):9s} {event.get('stage', ''):9s} "
-        f"{event.get('message', '')}{extra}",
-        flush=True,
-    )
+__all__ = ["main"]
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        document, config = load_run_document(args.config)
+        run_id, _config = submit_run(settings, args.config)
     except ConfigurationError as exc:
         print(f"configuration rejected ({args.config}):", file=sys.stderr)
         for error in exc.errors:
             print(f"  - {error}", file=sys.stderr)
         return EXIT_REJECTED
-    topics = Topics(settings.topic_prefix)
-    run_id = new_run_id()
-    request = RunRequested(
-        run_id=run_id,
-        producer="cli",
-        config=document,
-        submitted_by=f"{getpass.getuser()}@{socket.gethostname()}",
-    )
-    asyncio.run(publish_event(settings.kafka_bootstrap, topics.run_requested, request))
-    asyncio.run(
-        publish_event(
-            settings.kafka_bootstrap,
-            topics.run_status,
-            RunStatus(
-                run_id=run_id,
-                causation_id=request.event_id,
-                producer="cli",
-                state="SUBMITTED",
-                stage="submit",
-                message=f"{config.script_mode} on {config.instrument} submitted",
-            ),
-        )
-    )
     print(run_id, flush=True)
     if not args.wait:
         return EXIT_OK
-    final = asyncio.run(
-        wait_for_final_status(
-            settings.kafka_bootstrap,
-            topics.run_status,
-            run_id,
-            args.timeout,
-            on_status=None if args.quiet else _print_status_line,
-        )
-    )
-    if final is None:
-        print(f"run {run_id}: no final state within {args.timeout:.0f} s", file=sys.stderr)
-        return EXIT_TIMEOUT
-    print(f"run {run_id}: {final['state']}", flush=True)
-    for error in final.get("errors", []):
-        print(f"  - {error}", flush=True)
-    return {"SUCCEEDED": EXIT_OK, "FAILED": EXIT_FAILED, "REJECTED": EXIT_REJECTED}[final["state"]]
+    final = wait_for_run(settings, run_id, args.timeout, on_status=None if args.quiet else print_status_line)
+    return report_final(run_id, final, args.timeout)
 
 
 def _views(settings: Settings, run_id: str | None) -> dict[str, RunView]:
@@ -173,8 +123,6 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from cpflow.demo import run_demo
-
     return run_demo(settings, Path(args.config) if args.config else DEMO_CONFIG, timeout=args.timeout)
 
 
@@ -203,8 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true")
     events.set_defaults(func=cmd_events)
 
-    demo = sub.add_parser("demo", help="start the stack, run a LATISS bias run, print a summary, stop")
-    demo.add_argument("config", nargs="?", help="run configuration (default: the bundled LATISS BIAS run)")
+    demo = sub.add_parser(
+        "demo",
+        help="start the stack, run a whole LATISS calibration run (BIAS_DARK_FLAT, defects, PTC), "
+        "print a summary, stop",
+    )
+    demo.add_argument(
+        "config", nargs="?", help="run configuration (default: the bundled LATISS BIAS_DARK_FLAT run)"
+    )
     demo.add_argument("--timeout", type=float, default=1800.0)
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -212,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"cpflow: bad environment:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.func(args, settings))
     except KeyboardInterrupt:

@@ -7,7 +7,6 @@ stops what it started.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import uuid
 from datetime import UTC, datetime
@@ -19,12 +18,18 @@ from lsst.daf.butler import Timespan
 
 from cpflow.runview import build_views
 from cpflow.stack import stack_down, stack_up
+from cpflow.submission import EXIT_REJECTED, print_status_line, report_final, submit_run, wait_for_run
 from cpflow.topics_reader import read_events
-from shared.butler.repo import calib_chain, open_butler
+from shared.butler.collections import calib_chain
+from shared.butler.repo import open_butler
+from shared.runconfig import ConfigurationError
 from shared.settings import Settings
 from shared.topics import Topics
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_CONFIG", "run_demo"]
+
+DEMO_CONFIG = Path(__file__).parent / "demo_run.yaml"
+"""The bundled demo: a whole LATISS BIAS_DARK_FLAT run with defects and PTC."""
 
 
 def _demo_config(settings: Settings, source: Path) -> Path:
@@ -66,31 +71,33 @@ def _butler_summary(settings: Settings, instrument: str, types: dict[str, dict])
 
 
 def run_demo(settings: Settings, config: Path, timeout: float = 1800.0) -> int:
-    from cpflow.cli import cmd_submit
-
+    """Start the stack, run ``config`` to its end, print what became of it, stop the stack."""
     print("== starting the local stack")
     stack_up(settings)
     try:
         effective = _demo_config(settings, config)
-        document = yaml.safe_load(effective.read_text())
         print(f"== submitting {effective}")
-        args = argparse.Namespace(config=str(effective), wait=True, timeout=timeout, quiet=False)
-        code = cmd_submit(args, settings)
+        try:
+            run_id, run_config = submit_run(settings, effective)
+        except ConfigurationError as exc:
+            print("configuration rejected:\n" + "\n".join(f"  - {e}" for e in exc.errors))
+            return EXIT_REJECTED
+        print(run_id, flush=True)
+        code = report_final(run_id, wait_for_run(settings, run_id, timeout, print_status_line), timeout)
         events = asyncio.run(
-            read_events(settings.kafka_bootstrap, Topics(settings.topic_prefix).run_topics())
+            read_events(settings.kafka_bootstrap, Topics(settings.topic_prefix).run_topics(), run_id=run_id)
         )
-        views = build_views(events)
-        latest = max(views.values(), key=lambda v: v.submitted, default=None)
+        view = build_views(events).get(run_id)
         print("\n== summary")
-        if latest is not None:
-            print(latest.render())
-            for calib_type, t in latest.types.items():
+        if view is not None:
+            print(view.render())
+            for calib_type, t in view.types.items():
                 ver = t.get("verification") or {}
                 if ver.get("summary"):
                     print(f"\n-- {calib_type} verification report\n{ver['summary']}")
             print("\n== in the butler")
             print(f"  repository: {settings.butler_repo}")
-            for line in _butler_summary(settings, document["instrument"], latest.types):
+            for line in _butler_summary(settings, run_config.instrument, view.types):
                 print(line)
             print(f"  service logs: {settings.log_dir}")
         return code

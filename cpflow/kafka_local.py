@@ -60,9 +60,13 @@ logger.apache.level = WARN
 """
 
 
-def kafka_cache_dir() -> Path:
-    default = Path.home() / ".cache" / "cpflow" / f"kafka-{KAFKA_VERSION}"
-    return Path(os.environ.get("CPFLOW_KAFKA_CACHE", str(default)))
+def kafka_cache_dir(configured: Path | None = None) -> Path:
+    """Where the jars are kept: ``CPFLOW_KAFKA_CACHE``, else ``~/.cache/cpflow/kafka-<version>``."""
+    if configured is None:
+        from shared.settings import load_settings
+
+        configured = load_settings().kafka_cache
+    return configured or Path.home() / ".cache" / "cpflow" / f"kafka-{KAFKA_VERSION}"
 
 
 def fetch_jars(cache: Path | None = None) -> Path:
@@ -138,8 +142,9 @@ def stop_pid(pid: int, timeout: float = 30.0) -> None:
 class LocalKafka:
     """One KRaft broker+controller on 127.0.0.1 with its state under ``home/kafka``."""
 
-    def __init__(self, home: Path, port: int, controller_port: int) -> None:
+    def __init__(self, home: Path, port: int, controller_port: int, cache: Path | None = None) -> None:
         self.home = home / "kafka"
+        self.cache = cache
         self.port = port
         self.controller_port = controller_port
         self.pid_file = home / "run" / "kafka.pid"
@@ -204,7 +209,7 @@ class LocalKafka:
             raise RuntimeError(
                 f"port {self.port} is taken by another process; set CPFLOW_KAFKA_PORT to a free port"
             )
-        libs = fetch_jars()
+        libs = fetch_jars(kafka_cache_dir(self.cache))
         props = self._write_config()
         classpath = f"{libs}/*"
         java = self._java()

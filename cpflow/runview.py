@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.events import FINAL_STATES
+
 __all__ = ["RunView", "build_views"]
 
 
@@ -29,11 +31,7 @@ class RunView:
             if not self.submitted and event.get("state") == "SUBMITTED":
                 self.submitted = time
             # A final state is never replaced by a late progress message.
-            if self.state not in ("SUCCEEDED", "FAILED", "REJECTED") or event.get("state") in (
-                "SUCCEEDED",
-                "FAILED",
-                "REJECTED",
-            ):
+            if self.state not in FINAL_STATES or event.get("state") in FINAL_STATES:
                 self.state = str(event.get("state"))
                 self.message = str(event.get("message", ""))
                 if event.get("errors"):
@@ -57,7 +55,11 @@ class RunView:
                 "generated": event.get("generated"),
                 "collection": event.get("collection"),
                 "reference_collections": event.get("reference_collections"),
-                "sources": event.get("sources", {}),
+                # Where each prerequisite came from: its collections, as the view always showed them.
+                "sources": {
+                    t: source.get("collections", []) if isinstance(source, dict) else source
+                    for t, source in (event.get("sources") or {}).items()
+                },
                 "products": event.get("products", {}),
                 "reason": event.get("reason"),
                 "duration_s": event.get("duration_s"),

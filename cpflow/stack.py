@@ -17,8 +17,9 @@ from pathlib import Path
 
 import httpx
 
-from cpflow.kafka_local import LocalKafka, create_topics, pid_alive, stop_pid
+from cpflow.kafka_local import LocalKafka, create_topics, pid_alive, port_open, stop_pid
 from shared.butler.repo import create_repository
+from shared.retry import call_with_retries
 from shared.settings import SERVICE_NAMES, Settings
 from shared.topics import Topics
 
@@ -35,7 +36,9 @@ class ComponentStatus:
 
 
 def _kafka(settings: Settings) -> LocalKafka:
-    return LocalKafka(settings.home, settings.kafka_port, settings.kafka_controller_port)
+    return LocalKafka(
+        settings.home, settings.kafka_port, settings.kafka_controller_port, settings.kafka_cache
+    )
 
 
 def _pid_file(settings: Settings, name: str) -> Path:
@@ -60,18 +63,7 @@ def _readyz(settings: Settings, name: str, timeout: float = 5.0) -> tuple[bool, 
 
 
 def _service_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "CPFLOW_HOME": str(settings.home),
-            "CPFLOW_BUTLER_REPO": settings.butler_repo,
-            "CPFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "CPFLOW_TOPIC_PREFIX": settings.topic_prefix,
-        }
-    )
-    for name, port in settings.http_ports.items():
-        env[f"CPFLOW_{name.upper()}_PORT"] = str(port)
-    return env
+    return {**os.environ, **settings.environment()}
 
 
 def start_service(settings: Settings, name: str) -> int:
@@ -113,7 +105,9 @@ def stack_up(settings: Settings | None = None, timeout: float = 180.0, echo: boo
 
     settings.home.mkdir(parents=True, exist_ok=True)
     say(f"butler repository: {settings.butler_repo}")
-    create_repository(settings.butler_repo, registry_db=settings.registry_db)
+    call_with_retries(
+        settings.transient_retries, create_repository, settings.butler_repo, registry_db=settings.registry_db
+    )
     kafka = _kafka(settings)
     say(f"kafka broker: starting on {kafka.bootstrap}")
     kafka.start()
@@ -151,8 +145,6 @@ def stack_status(settings: Settings | None = None) -> list[ComponentStatus]:
     settings = settings or Settings.from_env()
     kafka = _kafka(settings)
     kpid = kafka.pid()
-    from cpflow.kafka_local import port_open
-
     statuses = [
         ComponentStatus(
             "kafka",

@@ -9,8 +9,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.events import Event
+from shared.events import FINAL_STATES, Event
 
 __all__ = ["publish_event", "publish_raw", "read_events", "wait_for_final_status"]
 
@@ -28,13 +29,21 @@ async def publish_event(bootstrap: str, topic: str, event: Event) -> None:
     await publish_raw(bootstrap, topic, event.model_dump_json().encode(), event.run_id.encode())
 
 
-async def _assign_all(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
+async def _assign_all(
+    consumer: AIOKafkaConsumer, bootstrap: str, topics: Iterable[str]
+) -> list[TopicPartition]:
     partitions: list[TopicPartition] = []
-    # The consumer's own metadata only covers subscribed topics; ask the cluster for all of them.
-    cluster = await consumer._client.fetch_all_metadata()
-    for topic in topics:
-        parts = cluster.partitions_for_topic(topic) or set()
-        partitions.extend(TopicPartition(topic, p) for p in sorted(parts))
+    wanted = list(topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(wanted)
+    finally:
+        await admin.close()
+    for topic in described:
+        if topic.get("error_code", 0) == 0 and topic["topic"] in wanted:
+            parts = sorted(p["partition"] for p in topic["partitions"])
+            partitions.extend(TopicPartition(topic["topic"], p) for p in parts)
     if not partitions:
         raise RuntimeError(f"none of the topics {list(topics)} exist on the broker; is the stack up?")
     consumer.assign(partitions)
@@ -64,7 +73,7 @@ async def read_events(
     await consumer.start()
     events: list[dict[str, Any]] = []
     try:
-        partitions = await _assign_all(consumer, list(topics))
+        partitions = await _assign_all(consumer, bootstrap, list(topics))
         end = await consumer.end_offsets(partitions)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -92,7 +101,7 @@ async def wait_for_final_status(
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        await _assign_all(consumer, [status_topic])
+        await _assign_all(consumer, bootstrap, [status_topic])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=1000)
@@ -105,7 +114,7 @@ async def wait_for_final_status(
                         continue
                     if on_status is not None:
                         on_status(event)
-                    if event.get("state") in ("SUCCEEDED", "FAILED", "REJECTED"):
+                    if event.get("state") in FINAL_STATES:
                         return event
             await asyncio.sleep(0)
         return None

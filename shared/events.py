@@ -14,6 +14,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.calibtypes import ImageType
+from shared.records import (
+    CertificationRecord,
+    GenerationRecord,
+    Outcome,
+    VerificationRecord,
+    VerificationSummary,
+)
+
 __all__ = [
     "SCHEMA_VERSION",
     "CalibCertified",
@@ -29,10 +38,9 @@ __all__ = [
     "VerificationSummary",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``calib.generated`` carries each prerequisite's whole source (type, kind, collections)."""
 
-ImageType = Literal["BIAS", "DARK", "FLAT"]
-Outcome = Literal["ok", "failed", "skipped"]
 RunState = Literal["SUBMITTED", "RUNNING", "SUCCEEDED", "FAILED", "REJECTED"]
 FINAL_STATES: tuple[RunState, ...] = ("SUCCEEDED", "FAILED", "REJECTED")
 
@@ -85,86 +93,45 @@ class FramesAcquired(Event):
     reason: str | None = None
 
 
-class CalibGenerated(Event):
+class CalibGenerated(GenerationRecord, Event):
     """A combined calibration was built (or, for external verification, deliberately not)."""
 
     type: Literal["calib.generated"] = "calib.generated"
-    instrument: str
-    calib_type: str = Field(description="bias, dark, flat, defects, ptc or gain.")
-    image_type: ImageType | None = None
-    detectors: list[int]
-    exposures: list[int] = Field(default_factory=list, description="Input exposure ids.")
-    generated: bool = Field(description="False for external verification (generate_calibrations: false).")
-    collection: str | None = Field(default=None, description="RUN collection holding the new calibration.")
-    reference_collections: list[str] = Field(
-        default_factory=list, description="Collections searched for the calibration to verify against."
-    )
-    dataset_ids: dict[str, str] = Field(default_factory=dict, description="Detector → dataset id.")
-    sources: dict[str, list[str]] = Field(
-        default_factory=dict, description="Prerequisite calibration type → collections it was taken from."
-    )
-    products: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Per-detector results reported rather than certified, e.g. gain per amplifier (GAIN).",
-    )
-    outcome: Outcome = "ok"
-    reason: str | None = None
-    duration_s: float | None = None
+
+    @classmethod
+    def announce(cls, cause: Event, producer: str, record: GenerationRecord) -> CalibGenerated:
+        """The event that announces ``record``, caused by ``cause``."""
+        return cls(**cause.caused(producer=producer), **dict(record))
+
+    def record(self) -> GenerationRecord:
+        """The generation record this event carries."""
+        return GenerationRecord(**{name: getattr(self, name) for name in GenerationRecord.model_fields})
 
 
-class VerificationSummary(BaseModel):
-    """What the reference script logs about a verification, as data."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    certify: bool
-    n_exposures: int
-    failed_exposures: list[int] = Field(default_factory=list)
-    counts: dict[str, dict[str, int]] = Field(
-        default_factory=dict, description="Exposure id → test name → number of failures."
-    )
-    thresholds: dict[str, int] = Field(default_factory=dict)
-    failures: dict[str, list[str]] = Field(
-        default_factory=dict, description="Exposure id → FAILURES strings."
-    )
-    tests: dict[str, dict[str, int]] = Field(
-        default_factory=dict,
-        description="Test name → {'pass': n, 'fail': n} over exposures, detectors, amplifiers.",
-    )
-    text: str = ""
-
-
-class CalibVerified(Event):
+class CalibVerified(VerificationRecord, Event):
     """Verification of one calibration type finished with a verdict (or was not run)."""
 
     type: Literal["calib.verified"] = "calib.verified"
-    instrument: str
-    calib_type: str
-    detectors: list[int]
-    exposures: list[int] = Field(default_factory=list)
-    generated: bool
-    collection: str | None = None
-    verdict: Literal["PASSED", "FAILED", "NOT_RUN"]
-    summary: VerificationSummary | None = None
-    stats_collection: str | None = None
-    outcome: Outcome = "ok"
-    reason: str | None = None
-    duration_s: float | None = None
+
+    @classmethod
+    def announce(cls, cause: Event, producer: str, record: VerificationRecord) -> CalibVerified:
+        """The event that announces ``record``, caused by ``cause``."""
+        return cls(**cause.caused(producer=producer), **dict(record))
+
+    def record(self) -> VerificationRecord:
+        """The verification record this event carries."""
+        return VerificationRecord(**{name: getattr(self, name) for name in VerificationRecord.model_fields})
 
 
-class CalibCertified(Event):
+class CalibCertified(CertificationRecord, Event):
     """Certification of one calibration type: done, not wanted, or failed."""
 
     type: Literal["calib.certified"] = "calib.certified"
-    instrument: str
-    calib_type: str
-    certified: bool
-    calib_collection: str | None = None
-    begin: str | None = Field(default=None, description="Start of the validity range (ISO, TAI).")
-    end: str | None = Field(default=None, description="End of the validity range (ISO, TAI).")
-    dataset_ids: dict[str, str] = Field(default_factory=dict)
-    outcome: Outcome = "ok"
-    reason: str | None = None
+
+    @classmethod
+    def announce(cls, cause: Event, producer: str, record: CertificationRecord) -> CalibCertified:
+        """The event that announces ``record``, caused by ``cause``."""
+        return cls(**cause.caused(producer=producer), **dict(record))
 
 
 class RunStatus(Event):
@@ -177,10 +144,6 @@ class RunStatus(Event):
     errors: list[str] = Field(default_factory=list, description="Why a run was rejected or failed.")
     progress: dict[str, int] | None = Field(default=None, description="e.g. {'done': 5, 'total': 21}.")
     details: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def is_final(self) -> bool:
-        return self.state in FINAL_STATES
 
 
 class DeadLetter(BaseModel):

@@ -48,7 +48,7 @@ IDENTIFIER = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_IDENTIFIER_LENGTH -
 """A conservative identifier: a letter or digit, then letters, digits and ``_ . -`` (no ``..``)."""
 
 CLI_RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{6}")
-"""The run ids ``cpflow submit`` makes (``cpflow.cli.new_run_id``), e.g. ``20261127T161503-3f9a1c``."""
+"""The run ids ``cpflow submit`` makes (``cpflow.submission.new_run_id``), e.g. ``20261127T161503-3f9a1c``."""
 
 # <INSTR>/runs/<run_id>/<calib_type> must fit in MAX_COLLECTION_NAME_LENGTH: "LSSTComCam/runs/" is 16
 # characters and "/defects" 8.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 
@@ -40,7 +39,7 @@ _configured = False
 
 
 def configure_logging(level: str | None = None) -> None:
-    """Send JSON lines to stderr (once per process); level from ``CPFLOW_LOG_LEVEL``."""
+    """Send JSON lines to stderr (once per process) at ``level`` (default INFO)."""
     global _configured
     if _configured:
         return
@@ -48,7 +47,7 @@ def configure_logging(level: str | None = None) -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level or os.environ.get("CPFLOW_LOG_LEVEL", "INFO"))
+    root.setLevel(level or "INFO")
     for noisy in ("aiokafka", "lsst", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _configured = True

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import uvicorn
 
 from shared.logs import configure_logging
-from shared.settings import Settings
+from shared.settings import SettingsError, load_settings
 
 
 def serve(name: str) -> None:
     """Serve service ``name`` (its module ``services.<name>.app`` provides ``create_app``)."""
-    configure_logging()
-    settings = Settings.from_env()
-    module = __import__(f"services.{name}.app", fromlist=["create_app"])
-    app, _ctx = module.create_app()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.exit(f"cpflow {name}: bad environment:\n{exc}")
+    configure_logging(settings.log_level)
+    module = importlib.import_module(f"services.{name}.app")
+    app, _ctx = module.create_app(settings)
     uvicorn.run(
         app,
         host="127.0.0.1",

@@ -12,7 +12,13 @@ DESIGN.md §1 asks for, so that no service gets them wrong on its own:
 - idempotent producers (``enable_idempotence=True`` implies ``acks=all``);
 - every event keyed by its run id;
 - any message that cannot be decoded or processed goes to the dead-letter topic with its bytes,
-  origin and error, and the service keeps consuming.
+  origin and error, and the service keeps consuming;
+- one butler per process (`shared.butler.factory.ButlerFactory`), cloned for each unit of work
+  and closed when the app stops; transient failures retried by the one policy of `shared.retry`.
+
+Every service declares the topics it consumes and publishes through `ServiceContext.subscriber`
+and `ServiceContext.publisher`; `service_topics` reads that table back (for the contract, and
+for the brokers' access rules).
 """
 
 from __future__ import annotations
@@ -23,62 +29,51 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from faststream import AckPolicy
-from faststream._internal.middlewares import BaseMiddleware
-from faststream.asgi import AsgiFastStream
+from faststream import AckPolicy, BaseMiddleware
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
+from lsst.daf.butler import Butler
 from prometheus_client import CollectorRegistry, make_asgi_app
+from pydantic import BaseModel
 
+from shared.butler.factory import ButlerFactory
 from shared.events import DeadLetter, Event, RunState, RunStatus
 from shared.logs import get_logger
 from shared.metrics import Metrics
+from shared.retry import is_transient, retrying
 from shared.settings import Settings
 from shared.topics import Topics
 
 __all__ = [
+    "Register",
     "ServiceContext",
     "StageFailure",
-    "TransientError",
     "build_contract_app",
     "create_service",
-    "is_transient",
+    "service_topics",
 ]
 
 T = TypeVar("T")
 VERSION = "0.1.0"
 
-
-class TransientError(RuntimeError):
-    """A failure worth retrying (a locked database, an unreachable broker, a busy camera)."""
+READY_CACHE_SECONDS = 5.0
+"""How long a readiness answer is reused: probes never queue work behind the handlers."""
 
 
 class StageFailure(RuntimeError):
     """A stage failed for good: retries are exhausted or the input cannot be processed."""
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is a transient failure: retried with backoff before it is reported."""
-    if isinstance(exc, TransientError | TimeoutError | ConnectionError):
-        return True
-    try:
-        from sqlalchemy.exc import OperationalError
-    except ImportError:  # pragma: no cover
-        return False
-    if isinstance(exc, OperationalError):
-        text = str(exc).lower()
-        return any(word in text for word in ("locked", "busy", "could not connect", "connection"))
-    return False
-
-
 @dataclass
 class ServiceContext:
-    """What a service's handlers need: settings, topics, metrics, the broker, a logger."""
+    """What a service's handlers need: settings, topics, metrics, the broker, the butler, a logger."""
 
     name: str
     settings: Settings
@@ -86,24 +81,57 @@ class ServiceContext:
     metrics: Metrics
     broker: KafkaBroker
     log: logging.Logger
-    ready_checks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    butlers: ButlerFactory
+    ready_checks: list[Callable[[Butler], object]] = field(default_factory=list)
+    consumes: list[str] = field(default_factory=list)
+    publishes: list[str] = field(default_factory=list)
+    _ready_cache: tuple[float, list[str]] | None = field(default=None, init=False, repr=False)
+    _ready_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _probe_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpflow-probe"),
+        init=False,
+        repr=False,
+    )
 
     @property
     def group_id(self) -> str:
         return f"cpflow-{self.name}"
 
-    def subscriber_options(self) -> dict[str, Any]:
-        """Keyword arguments for every ``@router.subscriber`` of a cpflow service."""
-        return {
-            "group_id": self.group_id,
-            "ack_policy": AckPolicy.NACK_ON_ERROR,
-            "auto_offset_reset": "earliest",
-            "max_poll_interval_ms": self.settings.max_poll_interval_ms,
-            "max_poll_records": 1,
-        }
+    # -- the contract: what this service consumes and publishes
+
+    def subscriber(self, router: KafkaRouter, *topics: str, description: str) -> Any:
+        """``@router.subscriber`` for ``topics`` with cpflow's delivery semantics."""
+        self.consumes.extend(t for t in topics if t not in self.consumes)
+        suffixes = " and ".join(Topics.suffix(t) for t in topics)
+        return router.subscriber(
+            *topics,
+            title=f"{self.name} consumes {suffixes}",
+            description=description,
+            group_id=self.group_id,
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=self.settings.max_poll_interval_ms,
+            max_poll_records=1,
+        )
+
+    def publisher(self, router: KafkaRouter, topic: str, schema: type[BaseModel], description: str) -> None:
+        """Declare that this service publishes ``schema`` events to ``topic``."""
+        if topic in self.publishes:
+            return
+        self.publishes.append(topic)
+        router.publisher(
+            topic,
+            schema=schema,
+            title=f"{self.name} publishes {Topics.suffix(topic)}",
+            description=description,
+        )
+
+    # -- publishing
 
     async def publish(self, event: Event, topic: str) -> None:
         """Publish ``event`` to ``topic``, keyed by its run id, and wait for the broker's ack."""
+        if topic not in self.publishes:
+            raise RuntimeError(f"{self.name} does not declare {topic} among the topics it publishes")
         await self.broker.publish(
             event.model_dump(mode="json"),
             topic,
@@ -135,32 +163,47 @@ class ServiceContext:
         await self.publish(status, self.topics.run_status)
         return status
 
+    # -- blocking work
+
     async def run_blocking(
         self, stage: str, func: Callable[..., T], *args: Any, run_id: str | None = None, **kwargs: Any
     ) -> T:
-        """Run blocking domain work in a worker thread, retrying transient failures with backoff.
+        """Run blocking domain work in a worker thread, retrying transient failures.
 
         Raises `StageFailure` when the retries are exhausted. Non-transient exceptions pass
         through unchanged, for the handler to report.
         """
-        attempts = max(1, self.settings.transient_retries)
-        delay = 0.5
-        for attempt in range(1, attempts + 1):
+        attempts = self.settings.transient_retries
+
+        def on_retry(error: BaseException, attempt: int) -> None:
+            self.metrics.transient_retries.labels(stage=stage).inc()
+            self.log.warning(
+                "transient failure, retrying",
+                extra={"run_id": run_id, "stage": stage, "attempt": attempt, "error": str(error)[:500]},
+            )
+
+        def call() -> T:
             try:
-                return await asyncio.to_thread(func, *args, **kwargs)
+                return retrying(attempts, on_retry=on_retry)(func, *args, **kwargs)
             except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                if attempt == attempts:
+                if is_transient(exc):
                     raise StageFailure(f"{stage}: gave up after {attempts} attempts: {exc}") from exc
-                self.metrics.transient_retries.labels(stage=stage).inc()
-                self.log.warning(
-                    "transient failure, retrying",
-                    extra={"run_id": run_id, "stage": stage, "attempt": attempt, "error": str(exc)},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise
+
+        return await asyncio.to_thread(call)
+
+    async def with_butler(
+        self, stage: str, func: Callable[..., T], *args: Any, run_id: str | None = None, **kwargs: Any
+    ) -> T:
+        """`run_blocking` of ``func(butler, *args, **kwargs)`` with a butler of its own."""
+
+        def call(*inner: Any, **named: Any) -> T:
+            with self.butlers.butler() as butler:
+                return func(butler, *inner, **named)
+
+        return await self.run_blocking(stage, call, *args, run_id=run_id, **kwargs)
+
+    # -- dead letters
 
     async def dead_letter(self, raw: Any, body: bytes, exc: BaseException) -> None:
         """Send an undecodable or unprocessable message to the dead-letter topic."""
@@ -217,9 +260,62 @@ class ServiceContext:
             },
         )
 
+    # -- readiness
+
+    async def readiness(self) -> list[str]:
+        """What keeps the service from being ready (empty: ready); answers at most every few seconds."""
+        now = time.monotonic()
+        cached = self._ready_cache
+        if cached is not None and now - cached[0] < READY_CACHE_SECONDS:
+            return cached[1]
+        async with self._ready_lock:
+            cached = self._ready_cache
+            if cached is not None and time.monotonic() - cached[0] < READY_CACHE_SECONDS:
+                return cached[1]
+            problems = await self._check_readiness()
+            self._ready_cache = (time.monotonic(), problems)
+            return problems
+
+    async def _check_readiness(self) -> list[str]:
+        problems: list[str] = []
+        try:
+            if not await self.broker.ping(timeout=3.0):
+                problems.append("broker: not reachable")
+        except Exception as exc:
+            problems.append(f"broker: {type(exc).__name__}: {exc}")
+
+        def butler_checks() -> list[str]:
+            found: list[str] = []
+            try:
+                with self.butlers.butler() as butler:
+                    for check in self.ready_checks:
+                        try:
+                            check(butler)
+                        except Exception as exc:
+                            name = getattr(check, "__name__", "check")
+                            found.append(f"{name}: {type(exc).__name__}: {exc}")
+            except Exception as exc:
+                found.append(f"butler: {type(exc).__name__}: {exc}")
+            return found
+
+        try:
+            # A thread of its own: never queued behind the handlers' blocking work.
+            loop = asyncio.get_running_loop()
+            problems += await asyncio.wait_for(
+                loop.run_in_executor(self._probe_executor, butler_checks), 10.0
+            )
+        except TimeoutError:
+            problems.append("butler: no answer within 10 s")
+        return problems
+
+    def close(self) -> None:
+        """Release the butler and the probe thread (the app is stopping)."""
+        self._probe_executor.shutdown(wait=False, cancel_futures=True)
+        self.butlers.close()
+
 
 def _dead_letter_middleware(get_ctx: Callable[[], ServiceContext]) -> type[BaseMiddleware]:
-    class DeadLetterMiddleware(BaseMiddleware):  # type: ignore[type-arg]
+    class DeadLetterMiddleware(BaseMiddleware):
         """Catch whatever a handler (or the decoder before it) raised, and dead-letter it."""
 
         async def consume_scope(self, call_next: Any, msg: Any) -> Any:
@@ -236,43 +332,24 @@ def _dead_letter_middleware(get_ctx: Callable[[], ServiceContext]) -> type[BaseM
     return DeadLetterMiddleware
 
 
-def _json_response(status: int, payload: dict[str, Any]) -> Callable[..., Awaitable[None]]:
-    body = json.dumps(payload).encode()
-
-    async def send_it(send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    return send_it
+def _json(status: int, payload: dict[str, Any]) -> AsgiResponse:
+    return AsgiResponse(json.dumps(payload).encode(), status, headers={"content-type": "application/json"})
 
 
 def _health_routes(ctx_ref: list[ServiceContext]) -> list[tuple[str, Any]]:
-    async def healthz(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await _json_response(200, {"status": "ok", "service": ctx_ref[0].name})(send)
+    @get(include_in_schema=False)
+    async def healthz(scope: Any) -> AsgiResponse:
+        """Liveness: the process answers; touches neither the broker nor the butler."""
+        return _json(200, {"status": "ok", "service": ctx_ref[0].name})
 
-    async def readyz(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    @get(include_in_schema=False)
+    async def readyz(scope: Any) -> AsgiResponse:
+        """Readiness: the broker and the butler are reachable (answer cached a few seconds)."""
         ctx = ctx_ref[0]
-        problems: list[str] = []
-        try:
-            if not await ctx.broker.ping(timeout=3.0):
-                problems.append("broker: not reachable")
-        except Exception as exc:
-            problems.append(f"broker: {exc}")
-        for check in ctx.ready_checks:
-            try:
-                await asyncio.wait_for(check(), timeout=10.0)
-            except Exception as exc:
-                problems.append(f"{getattr(check, '__name__', 'check')}: {exc}")
+        problems = await ctx.readiness()
         if problems:
-            await _json_response(503, {"status": "not ready", "problems": problems})(send)
-        else:
-            await _json_response(200, {"status": "ready", "service": ctx.name})(send)
+            return _json(503, {"status": "not ready", "service": ctx.name, "problems": problems})
+        return _json(200, {"status": "ready", "service": ctx.name})
 
     return [("/healthz", healthz), ("/readyz", readyz)]
 
@@ -296,6 +373,29 @@ def _make_broker(
     )
 
 
+def _context(
+    name: str, settings: Settings, broker: KafkaBroker, registry: CollectorRegistry, router: KafkaRouter
+) -> ServiceContext:
+    ctx = ServiceContext(
+        name=name,
+        settings=settings,
+        topics=Topics(settings.topic_prefix),
+        metrics=Metrics(registry),
+        broker=broker,
+        log=get_logger(f"cpflow.{name}"),
+        butlers=ButlerFactory(settings.butler_repo, writeable=True),
+    )
+    # Every service reports run progress and dead-letters what it cannot process.
+    ctx.publisher(router, ctx.topics.run_status, RunStatus, "Run progress and final states.")
+    ctx.publisher(
+        router,
+        ctx.topics.deadletter,
+        DeadLetter,
+        "A message this service could not decode or process, with its bytes, origin and error.",
+    )
+    return ctx
+
+
 def create_service(
     name: str, register: Register, settings: Settings | None = None
 ) -> tuple[AsgiFastStream, ServiceContext]:
@@ -304,22 +404,16 @@ def create_service(
     registry = CollectorRegistry()
     ctx_ref: list[ServiceContext] = []
     broker = _make_broker(name, settings, registry, ctx_ref)
-    ctx = ServiceContext(
-        name=name,
-        settings=settings,
-        topics=Topics(settings.topic_prefix),
-        metrics=Metrics(registry),
-        broker=broker,
-        log=get_logger(f"cpflow.{name}"),
-    )
-    ctx_ref.append(ctx)
     router = KafkaRouter()
+    ctx = _context(name, settings, broker, registry, router)
+    ctx_ref.append(ctx)
     register(router, ctx)
     broker.include_router(router)
     app = AsgiFastStream(
         broker,
         asgi_routes=[("/metrics", make_asgi_app(registry)), *_health_routes(ctx_ref)],
         specification=_specification(),
+        after_shutdown=[ctx.close],
         logger=get_logger(f"cpflow.{name}.app"),
     )
     return app, ctx
@@ -340,24 +434,24 @@ def _specification() -> AsyncAPI:
 def build_contract_app(registers: dict[str, Register], settings: Settings | None = None) -> AsgiFastStream:
     """One app with every service's handlers and publishers: the source of the AsyncAPI document."""
     settings = settings or Settings.from_env()
-    registry = CollectorRegistry()
     ctx_ref: list[ServiceContext] = []
-    broker = _make_broker("contract", settings, registry, ctx_ref)
+    broker = _make_broker("contract", settings, CollectorRegistry(), ctx_ref)
     for name, register in registers.items():
-        ctx = ServiceContext(
-            name=name,
-            settings=settings,
-            topics=Topics(settings.topic_prefix),
-            metrics=Metrics(CollectorRegistry()),
-            broker=broker,
-            log=get_logger(f"cpflow.{name}"),
-        )
-        ctx_ref[:] = [ctx]
         router = KafkaRouter()
+        ctx = _context(name, settings, broker, CollectorRegistry(), router)
+        ctx_ref[:] = [ctx]
         register(router, ctx)
         broker.include_router(router)
     return AsgiFastStream(broker, specification=_specification())
 
 
-def monotonic() -> float:
-    return time.monotonic()
+def service_topics(
+    name: str, register: Register, settings: Settings | None = None
+) -> tuple[list[str], list[str]]:
+    """The topics service ``name`` consumes and publishes, read from its ``register``."""
+    settings = settings or Settings.from_env()
+    router = KafkaRouter()
+    broker = _make_broker(name, settings, CollectorRegistry(), [])
+    ctx = _context(name, settings, broker, CollectorRegistry(), router)
+    register(router, ctx)
+    return list(ctx.consumes), list(ctx.publishes)

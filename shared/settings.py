@@ -1,86 +1,121 @@
 """Deployment settings shared by the services and the CLI, read from the environment.
 
-Every setting has a ``CPFLOW_`` environment variable; the defaults give a working local stack
-under ``./.cpflow``.
+Every setting is a ``CPFLOW_<NAME>`` environment variable (pydantic-settings, one field each);
+the defaults give a working local stack under ``./.cpflow``. A bad value is rejected with a
+`SettingsError` that names the variable, what it must be and what it was.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+import tempfile
 from pathlib import Path
+from typing import Any, Literal
 
-__all__ = ["SERVICE_NAMES", "Settings"]
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["SERVICE_NAMES", "Settings", "SettingsError", "load_settings"]
 
 SERVICE_NAMES = ("acquirer", "generator", "verifier", "certifier")
-_DEFAULT_HTTP_PORTS = {"acquirer": 8181, "generator": 8182, "verifier": 8183, "certifier": 8184}
+
+_Port = Field(ge=1, le=65535)
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return default if value is None or value == "" else value
+class SettingsError(ValueError):
+    """An environment variable has a value cpflow cannot use; the message names it."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Where things are and how to reach them.
+class Settings(BaseSettings):
+    """Where things are and how to reach them (each field is ``CPFLOW_<FIELD>``).
 
-    Attributes
-    ----------
-    home : `pathlib.Path`
-        State directory (``CPFLOW_HOME``, default ``./.cpflow``): logs, pid files, the broker's
-        data, the simulated camera's output and, by default, the butler repository.
-    butler_repo : `str`
-        Butler repository (``CPFLOW_BUTLER_REPO``, default ``$CPFLOW_HOME/butler``).
-    kafka_bootstrap : `str`
-        Kafka bootstrap servers (``CPFLOW_KAFKA_BOOTSTRAP``, default ``127.0.0.1:<kafka_port>``).
-    kafka_port, kafka_controller_port : `int`
-        Ports of the local broker (``CPFLOW_KAFKA_PORT`` default 9092, controller port + 1).
-    topic_prefix : `str`
-        Prefix of every topic (``CPFLOW_TOPIC_PREFIX``, default ``cpflow``).
-    partitions : `int`
-        Partitions per topic when the stack creates them (``CPFLOW_PARTITIONS``, default 3).
-    http_ports : `dict`
-        Each service's HTTP port for /metrics, /healthz, /readyz (``CPFLOW_<NAME>_PORT``).
-    registry_db : `str` or `None`
-        A PostgreSQL URL for the butler registry (``CPFLOW_REGISTRY_DB``); SQLite when unset.
-    max_poll_interval_ms : `int`
-        Longest time a handler may run before Kafka considers the consumer dead
-        (``CPFLOW_MAX_POLL_INTERVAL_MS``, default one hour: combines of full-size stacks take minutes).
+    Construct with `load_settings` (environment) or with keyword arguments (tests), which take
+    precedence over the environment.
     """
 
-    home: Path
-    butler_repo: str
-    kafka_bootstrap: str
-    kafka_port: int
-    kafka_controller_port: int
-    topic_prefix: str
-    partitions: int
-    http_ports: dict[str, int] = field(default_factory=dict)
-    registry_db: str | None = None
-    max_poll_interval_ms: int = 3_600_000
-    transient_retries: int = 5
+    model_config = SettingsConfigDict(
+        env_prefix="CPFLOW_", env_ignore_empty=True, frozen=True, extra="ignore"
+    )
+
+    home: Path = Field(
+        default=Path(".cpflow"),
+        description="State directory: logs, pid files, the broker's data, the simulated camera's output "
+        "and, by default, the butler repository.",
+    )
+    butler_repo: str = Field(default="", description="Butler repository (default $CPFLOW_HOME/butler).")
+    registry_db: str | None = Field(
+        default=None,
+        description="PostgreSQL URL of the butler registry; SQLite in the repository when unset.",
+    )
+    kafka_port: int = Field(default=9092, ge=1, le=65535, description="Port of the local broker.")
+    kafka_controller_port: int = Field(
+        default=0, ge=0, le=65535, description="Controller port of the local broker (default kafka_port + 1)."
+    )
+    kafka_bootstrap: str = Field(
+        default="", description="Bootstrap servers (default 127.0.0.1:<kafka_port>)."
+    )
+    kafka_cache: Path | None = Field(
+        default=None,
+        description="Where the Kafka jars are fetched to (default ~/.cache/cpflow/kafka-<version>).",
+    )
+    topic_prefix: str = Field(
+        default="cpflow", pattern=r"^[A-Za-z0-9_-]{0,64}$", description="Prefix of every topic."
+    )
+    partitions: int = Field(
+        default=3, ge=1, le=1000, description="Partitions per topic (the same for all: co-partitioning)."
+    )
+    acquirer_port: int = Field(default=8181, ge=1, le=65535, description="HTTP port of the acquirer.")
+    generator_port: int = Field(default=8182, ge=1, le=65535, description="HTTP port of the generator.")
+    verifier_port: int = Field(default=8183, ge=1, le=65535, description="HTTP port of the verifier.")
+    certifier_port: int = Field(default=8184, ge=1, le=65535, description="HTTP port of the certifier.")
+    max_poll_interval_ms: int = Field(
+        default=3_600_000,
+        ge=10_000,
+        le=86_400_000,
+        description="Longest handler before Kafka considers the consumer dead (combines take minutes).",
+    )
+    transient_retries: int = Field(
+        default=5, ge=1, le=100, description="Attempts of a step that fails for a transient reason."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Log level; logs are JSON lines carrying the run id."
+    )
+    combine_memory_mb: float = Field(
+        default=4096.0,
+        gt=0,
+        le=1_048_576,
+        description="RAM for one combine's ISR'd inputs; inputs past it go to scratch memory maps.",
+    )
+    network_dir: Path | None = Field(
+        default=None,
+        description="Generated sorting networks and their compiled code (default $TMPDIR/cpflow-networks).",
+    )
+    register_networks: bool = Field(
+        default=True, description="False: the combine sorts from its comparator table only (same results)."
+    )
+
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> Settings:
+        home = self.home.absolute()
+        object.__setattr__(self, "home", home)
+        if not self.butler_repo:
+            object.__setattr__(self, "butler_repo", str(home / "butler"))
+        if not self.kafka_controller_port:
+            object.__setattr__(self, "kafka_controller_port", self.kafka_port + 1)
+        if not self.kafka_bootstrap:
+            object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
+        if self.network_dir is None:
+            object.__setattr__(self, "network_dir", Path(tempfile.gettempdir()) / "cpflow-networks")
+        return self
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = Path(_env("CPFLOW_HOME", ".cpflow")).absolute()
-        kafka_port = int(_env("CPFLOW_KAFKA_PORT", "9092"))
-        return cls(
-            home=home,
-            butler_repo=_env("CPFLOW_BUTLER_REPO", str(home / "butler")),
-            kafka_bootstrap=_env("CPFLOW_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_port}"),
-            kafka_port=kafka_port,
-            kafka_controller_port=int(_env("CPFLOW_KAFKA_CONTROLLER_PORT", str(kafka_port + 1))),
-            topic_prefix=_env("CPFLOW_TOPIC_PREFIX", "cpflow"),
-            partitions=int(_env("CPFLOW_PARTITIONS", "3")),
-            http_ports={
-                name: int(_env(f"CPFLOW_{name.upper()}_PORT", str(port)))
-                for name, port in _DEFAULT_HTTP_PORTS.items()
-            },
-            registry_db=os.environ.get("CPFLOW_REGISTRY_DB") or None,
-            max_poll_interval_ms=int(_env("CPFLOW_MAX_POLL_INTERVAL_MS", "3600000")),
-            transient_retries=int(_env("CPFLOW_TRANSIENT_RETRIES", "5")),
-        )
+        """The settings of this process's environment (see `load_settings`)."""
+        return load_settings()
+
+    @property
+    def http_ports(self) -> dict[str, int]:
+        """Each service's HTTP port for /metrics, /healthz and /readyz."""
+        return {name: int(getattr(self, f"{name}_port")) for name in SERVICE_NAMES}
 
     @property
     def camera_dir(self) -> Path:
@@ -95,3 +130,51 @@ class Settings:
     def run_dir(self) -> Path:
         """Pid files of the local stack."""
         return self.home / "run"
+
+    def environment(self) -> dict[str, str]:
+        """These settings as ``CPFLOW_*`` variables, for a child process."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            env[f"CPFLOW_{name.upper()}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return env
+
+
+def _message(error: dict[str, Any]) -> str:
+    name = "CPFLOW_" + "_".join(str(part) for part in error["loc"]).upper()
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        bound = {"greater_than_equal": "≥", "less_than_equal": "≤", "greater_than": ">", "less_than": "<"}[
+            kind
+        ]
+        limit = next(iter(ctx.values()), "")
+        what = f"must be {bound} {limit}"
+    elif kind.startswith("int_"):
+        what = "must be an integer"
+    elif kind.startswith("float_"):
+        what = "must be a number"
+    elif kind.startswith("bool_"):
+        what = "must be true or false (1/0)"
+    elif kind == "literal_error":
+        what = f"must be one of {ctx.get('expected', '')}"
+    elif kind == "string_pattern_mismatch":
+        what = f"must match {ctx.get('pattern', '')}"
+    else:
+        what = str(error.get("msg", "is not valid"))
+    return f"{name}: {what}, got {error.get('input')!r}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings from the environment (keyword arguments take precedence).
+
+    Raises
+    ------
+    SettingsError
+        If a variable has a value cpflow cannot use; one line per bad variable, each naming it.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError("\n".join(_message(dict(e)) for e in exc.errors())) from None

@@ -59,6 +59,14 @@ class Topics:
     def deadletter(self) -> str:
         return self._name("deadletter")
 
+    @staticmethod
+    def suffix(topic: str) -> str:
+        """The suffix of a full topic name (``cpflow.run.requested`` → ``run.requested``)."""
+        for suffix in TOPIC_SUFFIXES:
+            if topic == suffix or topic.endswith("." + suffix):
+                return suffix
+        raise ValueError(f"{topic!r} is not a cpflow topic; the suffixes are {', '.join(TOPIC_SUFFIXES)}")
+
     def all(self) -> list[str]:
         return [self._name(s) for s in TOPIC_SUFFIXES]
 

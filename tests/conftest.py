@@ -28,28 +28,15 @@ def stack_settings(home: Path) -> Settings:
         kafka_controller_port=free_port(),
         topic_prefix="cpflowtest",
         partitions=3,
-        http_ports={name: free_port() for name in SERVICE_NAMES},
         max_poll_interval_ms=600_000,
         transient_retries=5,
+        **{f"{name}_port": free_port() for name in SERVICE_NAMES},
     )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that points the CLI at ``settings``."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "CPFLOW_HOME": str(settings.home),
-            "CPFLOW_BUTLER_REPO": settings.butler_repo,
-            "CPFLOW_KAFKA_PORT": str(settings.kafka_port),
-            "CPFLOW_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
-            "CPFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "CPFLOW_TOPIC_PREFIX": settings.topic_prefix,
-        }
-    )
-    for name, port in settings.http_ports.items():
-        env[f"CPFLOW_{name.upper()}_PORT"] = str(port)
-    return env
+    return {**os.environ, **settings.environment()}
 
 
 @pytest.fixture(scope="session")

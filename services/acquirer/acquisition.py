@@ -9,54 +9,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from lsst.daf.butler import Butler
 
 from services.acquirer.camera import CameraDriver, ExposureRequest
 from shared.butler import datasets
+from shared.butler.collections import raw_collection
 from shared.butler.exposures import ingest_raws
-from shared.butler.repo import raw_collection
+from shared.butler.runrecords import read_record, write_record
 from shared.instruments import Instrument
+from shared.records import AcquisitionManifest
 from shared.runconfig import RunConfiguration
-from shared.runstate import find_record, put_record, type_collection
 
-__all__ = ["AcquisitionResult", "acquire_image_type", "group_id", "ingested_exposures", "stored_manifest"]
+__all__ = ["acquire_image_type", "group_id", "ingested_exposures", "stored_manifest"]
 
 Progress = Callable[[int, int], Awaitable[None]]
-Blocking = Callable[..., Awaitable[object]]
-
-
-@dataclass(frozen=True)
-class AcquisitionResult:
-    image_type: str
-    exposures: list[int]
-    discarded: list[int]
-    detectors: list[int]
-    physical_filter: str
-    raw_collection: str
-
-    def manifest(self) -> dict[str, object]:
-        return {
-            "image_type": self.image_type,
-            "exposures": self.exposures,
-            "discarded": self.discarded,
-            "detectors": self.detectors,
-            "physical_filter": self.physical_filter,
-            "raw_collection": self.raw_collection,
-        }
-
-    @classmethod
-    def from_manifest(cls, data: dict[str, object]) -> AcquisitionResult:
-        return cls(
-            image_type=str(data["image_type"]),
-            exposures=[int(e) for e in data["exposures"]],  # type: ignore[attr-defined]
-            discarded=[int(e) for e in data["discarded"]],  # type: ignore[attr-defined]
-            detectors=[int(d) for d in data["detectors"]],  # type: ignore[attr-defined]
-            physical_filter=str(data["physical_filter"]),
-            raw_collection=str(data["raw_collection"]),
-        )
+WithButler = Callable[..., Awaitable[Any]]
+"""``with_butler(func, *args)`` runs ``func(butler, *args)`` off the event loop with a butler of its own."""
 
 
 def group_id(run_id: str, image_type: str) -> str:
@@ -66,11 +36,9 @@ def group_id(run_id: str, image_type: str) -> str:
 
 def stored_manifest(
     butler: Butler, instrument: str, run_id: str, image_type: str
-) -> AcquisitionResult | None:
-    ref = find_record(
-        butler, datasets.ACQUISITION_MANIFEST, instrument, type_collection(instrument, run_id, image_type)
-    )
-    return None if ref is None else AcquisitionResult.from_manifest(butler.get(ref))
+) -> AcquisitionManifest | None:
+    """The manifest of a run's frames of ``image_type``, once they are all in."""
+    return read_record(butler, AcquisitionManifest, instrument, run_id, image_type)
 
 
 def ingested_exposures(butler: Butler, instrument: str, group: str, detectors: Sequence[int]) -> list[int]:
@@ -94,30 +62,27 @@ def ingested_exposures(butler: Butler, instrument: str, group: str, detectors: S
 
 async def acquire_image_type(
     *,
-    butler_factory: Callable[[], Butler],
-    blocking: Blocking,
+    with_butler: WithButler,
     camera: CameraDriver,
     instrument: Instrument,
     config: RunConfiguration,
     run_id: str,
     image_type: str,
-    raw_dir: Path,
     progress: Progress,
     on_frames: Callable[[int], None] = lambda n: None,
-) -> AcquisitionResult:
+) -> AcquisitionManifest:
     """Take the missing frames of ``image_type``, ingest them, store and return the manifest.
 
-    ``blocking(func, *args)`` runs blocking butler work off the event loop (with retries).
+    ``with_butler(func, *args)`` runs blocking butler work off the event loop (with retries).
     """
     name = instrument.name
-    butler = butler_factory()
-    existing = await blocking(stored_manifest, butler, name, run_id, image_type)
-    if isinstance(existing, AcquisitionResult):
+    existing = await with_butler(stored_manifest, name, run_id, image_type)
+    if existing is not None:
         return existing
     detectors = config.detector_ids
     group = group_id(run_id, image_type)
     exposure_times = config.exposure_times(image_type)
-    taken: list[int] = list(await blocking(ingested_exposures, butler, name, group, detectors))  # type: ignore[call-overload]
+    taken: list[int] = list(await with_butler(ingested_exposures, name, group, detectors))
     total = len(exposure_times)
     await progress(len(taken), total)
     for index in range(len(taken), total):
@@ -130,9 +95,8 @@ async def acquire_image_type(
             note=config.note,
         )
         frames = await camera.take_image(request, detectors)
-        await blocking(
+        await with_butler(
             ingest_raws,
-            butler,
             [f.path for f in frames],
             instrument,
             run=raw_collection(name),
@@ -144,7 +108,7 @@ async def acquire_image_type(
         if config.wait_between_exposures > 0:
             await asyncio.sleep(config.wait_between_exposures)
     n_discard = config.n_discard(image_type)
-    result = AcquisitionResult(
+    manifest = AcquisitionManifest(
         image_type=image_type,
         exposures=taken[n_discard:],
         discarded=taken[:n_discard],
@@ -152,12 +116,5 @@ async def acquire_image_type(
         physical_filter=config.physical_filter,
         raw_collection=raw_collection(name),
     )
-    await blocking(
-        put_record,
-        butler,
-        result.manifest(),
-        datasets.ACQUISITION_MANIFEST,
-        name,
-        type_collection(name, run_id, image_type),
-    )
-    return result
+    await with_butler(write_record, manifest, name, run_id, image_type)
+    return manifest

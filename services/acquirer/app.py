@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
+from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaRouter
 from lsst.daf.butler import Butler
 
@@ -18,12 +20,12 @@ from services.acquirer.acquisition import acquire_image_type
 from services.acquirer.camera import CameraDriver
 from services.acquirer.simulated_camera import SimulatedCamera
 from shared.butler import datasets
-from shared.butler.repo import open_butler, run_collection
+from shared.butler.runrecords import store_run_config
 from shared.events import FramesAcquired, RunRequested
 from shared.instruments import get_instrument
 from shared.runconfig import ConfigurationError, RunConfiguration, SimulatorConfig, validate_run_configuration
-from shared.runstate import put_record
 from shared.service import ServiceContext, StageFailure, create_service
+from shared.settings import Settings
 
 NAME = "acquirer"
 
@@ -43,149 +45,117 @@ def make_camera(ctx: ServiceContext, config: RunConfiguration, run_id: str) -> C
 
 
 def register(router: KafkaRouter, ctx: ServiceContext) -> None:
-    router.publisher(
+    ctx.publisher(
+        router,
         ctx.topics.frames_acquired,
-        schema=FramesAcquired,
-        title=f"{ctx.name} publishes frames.acquired",
-        description="One event per image type: its frames are in the butler as raw (or acquisition failed).",
-    )
-    router.publisher(
-        ctx.topics.run_status,
-        title=f"{ctx.name} publishes run.status",
-        description="Run progress and final states.",
+        FramesAcquired,
+        "One event per image type: its frames are in the butler as raw (or acquisition failed).",
     )
 
-    def butler() -> Butler:
-        return open_butler(ctx.settings.butler_repo, writeable=True)
-
-    @router.subscriber(
+    @ctx.subscriber(
+        router,
         ctx.topics.run_requested,
-        title=f"{ctx.name} consumes run.requested",
         description="A submitted run configuration; validated again here.",
-        **ctx.subscriber_options(),
     )
     async def on_run_requested(event: RunRequested) -> None:
-        log_extra = {"run_id": event.run_id}
         try:
             config = validate_run_configuration(event.config)
         except ConfigurationError as exc:
-            ctx.log.warning("run rejected", extra={**log_extra, "errors": "; ".join(exc.errors)})
+            ctx.log.warning("run rejected", extra={"run_id": event.run_id, "errors": "; ".join(exc.errors)})
             await ctx.status(event, "REJECTED", "configuration rejected", errors=exc.errors, stage="acquire")
             ctx.metrics.runs_finished.labels(outcome="REJECTED").inc()
             return
-        instrument = get_instrument(config.instrument)
-        await ctx.run_blocking(
-            "acquire",
-            lambda: put_record(
-                butler(),
-                config.to_document(),
-                datasets.RUN_CONFIG,
-                instrument.name,
-                run_collection(instrument.name, event.run_id),
-            ),
-            run_id=event.run_id,
-        )
+        await ctx.with_butler("acquire", store_run_config, config, event.run_id, run_id=event.run_id)
         await ctx.status(
-            event, "RUNNING", f"accepted: {config.script_mode} on {instrument.name}", stage="acquire"
+            event, "RUNNING", f"accepted: {config.script_mode} on {config.instrument}", stage="acquire"
+        )
+        await acquire_run(ctx, event, config)
+
+    ctx.ready_checks.append(raw_dataset_type_registered)
+
+
+def raw_dataset_type_registered(butler: Butler) -> None:
+    """Readiness: the repository answers and knows the raw dataset type."""
+    butler.get_dataset_type(datasets.RAW)
+
+
+async def acquire_run(ctx: ServiceContext, event: RunRequested, config: RunConfiguration) -> None:
+    """Take the run's image types in order; publish each one's frames as soon as they are in."""
+    instrument = get_instrument(config.instrument)
+    run_id = event.run_id
+
+    def frames_event(image_type: str, **fields: Any) -> FramesAcquired:
+        return FramesAcquired(
+            **event.caused(producer=NAME), instrument=instrument.name, image_type=image_type, **fields
         )
 
-        async def blocking(func: object, *args: object, **kwargs: object) -> object:
-            return await ctx.run_blocking("acquire", func, *args, run_id=event.run_id, **kwargs)  # type: ignore[arg-type]
+    async def with_butler(func: Any, *args: Any, **kwargs: Any) -> Any:
+        return await ctx.with_butler("acquire", func, *args, run_id=run_id, **kwargs)
 
-        image_types = config.image_types
-        failed_reason: str | None = None
-        camera: CameraDriver | None = None
-        for image_type in image_types:
-            if failed_reason is not None:
-                await ctx.publish(
-                    FramesAcquired(
-                        **event.caused(producer=NAME),
-                        instrument=instrument.name,
-                        image_type=image_type,  # type: ignore[arg-type]
-                        detectors=config.detector_ids,
-                        outcome="skipped",
-                        reason=failed_reason,
-                    ),
-                    ctx.topics.frames_acquired,
-                )
-                continue
-
-            async def progress(done: int, total: int, image_type: str = image_type) -> None:
-                await ctx.status(
-                    event,
-                    "RUNNING",
-                    f"{image_type}: {done}/{total} exposures taken",
-                    progress={"done": done, "total": total},
-                    details={"image_type": image_type},
-                    stage="acquire",
-                )
-
-            started = time.monotonic()
-            try:
-                if camera is None:
-                    camera = make_camera(ctx, config, event.run_id)
-                    await camera.setup_instrument(config.physical_filter)
-                result = await acquire_image_type(
-                    butler_factory=butler,
-                    blocking=blocking,
-                    camera=camera,
-                    instrument=instrument,
-                    config=config,
-                    run_id=event.run_id,
-                    image_type=image_type,
-                    raw_dir=Path(ctx.settings.camera_dir) / event.run_id,
-                    progress=progress,
-                    on_frames=ctx.metrics.frames_acquired.labels(
-                        instrument=instrument.name, image_type=image_type
-                    ).inc,
-                )
-                if isinstance(camera, SimulatedCamera):
-                    await ctx.run_blocking("acquire", camera.write_truth, config.detector_ids)
-            except Exception as exc:
-                failed_reason = f"acquisition of {image_type} failed: {exc}"
-                ctx.log.exception("acquisition failed", extra={**log_extra, "image_type": image_type})
-                ctx.metrics.stage_failures.labels(stage="acquire", calib_type=image_type.lower()).inc()
-                await ctx.status(event, "RUNNING", failed_reason, errors=[failed_reason], stage="acquire")
-                await ctx.publish(
-                    FramesAcquired(
-                        **event.caused(producer=NAME),
-                        instrument=instrument.name,
-                        image_type=image_type,  # type: ignore[arg-type]
-                        detectors=config.detector_ids,
-                        outcome="failed",
-                        reason=failed_reason,
-                    ),
-                    ctx.topics.frames_acquired,
-                )
-                continue
-            ctx.metrics.stage_duration.labels(stage="acquire", calib_type=image_type.lower()).observe(
-                time.monotonic() - started
+    failed_reason: str | None = None
+    camera: CameraDriver | None = None
+    for image_type in config.image_types:
+        if failed_reason is not None:
+            skipped = frames_event(
+                image_type, detectors=config.detector_ids, outcome="skipped", reason=failed_reason
             )
-            await ctx.publish(
-                FramesAcquired(
-                    **event.caused(producer=NAME),
-                    instrument=instrument.name,
-                    image_type=image_type,  # type: ignore[arg-type]
-                    detectors=result.detectors,
-                    exposures=result.exposures,
-                    discarded=result.discarded,
-                    physical_filter=result.physical_filter,
-                    raw_collection=result.raw_collection,
-                ),
-                ctx.topics.frames_acquired,
+            await ctx.publish(skipped, ctx.topics.frames_acquired)
+            continue
+
+        async def progress(done: int, total: int, image_type: str = image_type) -> None:
+            await ctx.status(
+                event,
+                "RUNNING",
+                f"{image_type}: {done}/{total} exposures taken",
+                progress={"done": done, "total": total},
+                details={"image_type": image_type},
+                stage="acquire",
             )
-            ctx.log.info(
-                "frames acquired",
-                extra={**log_extra, "image_type": image_type, "n_exposures": len(result.exposures)},
+
+        started = time.monotonic()
+        try:
+            if camera is None:
+                camera = make_camera(ctx, config, run_id)
+                await camera.setup_instrument(config.physical_filter)
+            manifest = await acquire_image_type(
+                with_butler=with_butler,
+                camera=camera,
+                instrument=instrument,
+                config=config,
+                run_id=run_id,
+                image_type=image_type,
+                progress=progress,
+                on_frames=ctx.metrics.frames_acquired.labels(
+                    instrument=instrument.name, image_type=image_type
+                ).inc,
             )
-        if camera is not None:
-            await camera.close()
+            if isinstance(camera, SimulatedCamera):
+                await ctx.run_blocking("acquire", camera.write_truth, config.detector_ids)
+        except Exception as exc:
+            failed_reason = f"acquisition of {image_type} failed: {exc}"
+            ctx.log.exception("acquisition failed", extra={"run_id": run_id, "image_type": image_type})
+            ctx.metrics.stage_failures.labels(stage="acquire", calib_type=image_type.lower()).inc()
+            await ctx.status(event, "RUNNING", failed_reason, errors=[failed_reason], stage="acquire")
+            failed = frames_event(
+                image_type, detectors=config.detector_ids, outcome="failed", reason=failed_reason
+            )
+            await ctx.publish(failed, ctx.topics.frames_acquired)
+            continue
+        ctx.metrics.stage_duration.labels(stage="acquire", calib_type=image_type.lower()).observe(
+            time.monotonic() - started
+        )
+        await ctx.publish(
+            frames_event(image_type, **manifest.model_dump(exclude={"image_type"})),
+            ctx.topics.frames_acquired,
+        )
+        ctx.log.info(
+            "frames acquired",
+            extra={"run_id": run_id, "image_type": image_type, "n_exposures": len(manifest.exposures)},
+        )
+    if camera is not None:
+        await camera.close()
 
-    async def butler_reachable() -> None:
-        await ctx.run_blocking("readyz", lambda: butler().registry.getDatasetType(datasets.RAW))
 
-    ctx.ready_checks.append(butler_reachable)
-
-
-def create_app():  # type: ignore[no-untyped-def]
-    return create_service(NAME, register)
+def create_app(settings: Settings | None = None) -> tuple[AsgiFastStream, ServiceContext]:
+    """The service's ASGI app and its context (settings from the environment by default)."""
+    return create_service(NAME, register, settings)

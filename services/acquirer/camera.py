@@ -12,12 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.calibtypes import IMAGE_TYPES
 from shared.instruments import Instrument
 
 __all__ = ["IMAGE_TYPES", "CameraDriver", "CameraError", "CapturedFrame", "ExposureRequest"]
-
-IMAGE_TYPES: tuple[str, ...] = ("BIAS", "DARK", "FLAT")
-"""Image types a calibration camera driver accepts."""
 
 
 class CameraError(RuntimeError):

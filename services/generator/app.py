@@ -2,9 +2,9 @@
 
 "Build type T for run R" is one idempotent step, triggered by any event that may have made it
 ready: its frames arrived (``frames.acquired``) or a prerequisite became usable
-(``calib.verified``; or, with ``do_verify: false``, the prerequisite's own generation). It checks
-readiness in the butler and acts only if ready and not yet done. A prerequisite that failed
-stops its dependants, which are reported skipped with the reason. With
+(``calib.verified``; or, with ``do_verify: false``, the prerequisite's own generation). What to do
+is decided by `services.generator.readiness` from the butler's records; this module only reads
+them, calls the builders of `services.generator.generation` and publishes. With
 ``generate_calibrations: false`` nothing is built: the event names the collections the verifier
 must use (external verification).
 """
@@ -12,233 +12,232 @@ must use (external verification).
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from collections import deque
+from dataclasses import dataclass
+from typing import Annotated
 
+from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaRouter
 from lsst.daf.butler import Butler
 from pydantic import Field
 
 from services.generator.generation import BUILDERS, BuildRequest
 from services.generator.readiness import (
-    FRAMES_OF,
+    Step,
     dependants,
-    generation_record,
-    readiness,
+    follow_ups,
+    load_snapshot,
+    next_step,
+    skipped_by_failed_frames,
+    skipped_record,
+    triggered_by_frames,
 )
 from shared.butler import datasets
-from shared.butler.repo import open_butler
+from shared.butler.collections import type_collection
+from shared.butler.runrecords import load_run_config, write_record
+from shared.calibtypes import image_type_of
 from shared.events import CalibGenerated, CalibVerified, Event, FramesAcquired
 from shared.instruments import get_instrument
+from shared.records import GenerationRecord
 from shared.runconfig import RunConfiguration
-from shared.runstate import expected_calib_types, find_record, load_run_config, put_record, type_collection
 from shared.service import ServiceContext, create_service
+from shared.settings import Settings
 
 NAME = "generator"
 
 Trigger = Annotated[FramesAcquired | CalibVerified, Field(discriminator="type")]
 
 
-def _manifest(butler: Butler, config: RunConfiguration, run_id: str, calib_type: str) -> dict[str, Any]:
-    instrument = config.instrument
-    ref = find_record(
-        butler,
-        datasets.ACQUISITION_MANIFEST,
-        instrument,
-        type_collection(instrument, run_id, FRAMES_OF[calib_type]),
-    )
-    assert ref is not None
-    return dict(butler.get(ref))
-
-
 def register(router: KafkaRouter, ctx: ServiceContext) -> None:
-    router.publisher(
+    ctx.publisher(
+        router,
         ctx.topics.calib_generated,
-        schema=CalibGenerated,
-        title=f"{ctx.name} publishes calib.generated",
-        description="A calibration was built, not built (external verification), skipped or failed.",
+        CalibGenerated,
+        "A calibration was built, not built (external verification), skipped or failed.",
     )
 
-    def butler() -> Butler:
-        return open_butler(ctx.settings.butler_repo, writeable=True)
-
-    async def blocking(func: Any, *args: Any, run_id: str) -> Any:
-        return await ctx.run_blocking("generate", func, *args, run_id=run_id)
-
-    async def publish_record(cause: Event, record: dict[str, Any]) -> None:
-        await ctx.publish(CalibGenerated(**cause.caused(producer=NAME), **record), ctx.topics.calib_generated)
-
-    async def finish(cause: Event, config: RunConfiguration, record: dict[str, Any]) -> None:
-        """Publish first, then record: a crash in between repeats the event, never loses it."""
-        await publish_record(cause, record)
-        calib_type = record["calib_type"]
-        await blocking(
-            lambda: put_record(
-                butler(),
-                record,
-                datasets.GENERATION_RECORD,
-                config.instrument,
-                type_collection(config.instrument, cause.run_id, calib_type),
-            ),
-            run_id=cause.run_id,
+    @ctx.subscriber(
+        router,
+        ctx.topics.frames_acquired,
+        ctx.topics.calib_verified,
+        description="Frames of one image type are in; or a prerequisite calibration was verified.",
+    )
+    async def on_trigger(event: Trigger) -> None:
+        config = await ctx.with_butler(
+            "generate", load_run_config, event.instrument, event.run_id, run_id=event.run_id
         )
+        chain = Chain(ctx, event, config)
+        if isinstance(event, CalibVerified):
+            await chain.walk(dependants(event.calib_type, config))
+        elif event.outcome != "ok":
+            # Every type built from these frames is skipped with the acquisition's reason.
+            for calib_type in skipped_by_failed_frames(config, event.image_type):
+                record = skipped_record(
+                    config,
+                    calib_type,
+                    event.reason,
+                    detectors=event.detectors,
+                    exposures=event.exposures,
+                    image_type=image_type_of(calib_type),
+                )
+                await chain.finish(record)
+                await chain.walk(follow_ups(config, record))
+        elif not config.generate_calibrations:
+            await chain.announce(chain.external_record(event))
+        else:
+            await chain.walk(triggered_by_frames(config, event.image_type), republish_first=True)
 
-    async def process(cause: Event, config: RunConfiguration, calib_type: str, *, republish: bool) -> None:
-        run_id = cause.run_id
-        instrument = get_instrument(config.instrument)
-        existing = await blocking(
-            lambda: generation_record(butler(), config.instrument, run_id, calib_type), run_id=run_id
+    ctx.ready_checks.append(calibration_dataset_types_registered)
+
+
+def calibration_dataset_types_registered(butler: Butler) -> None:
+    """Readiness: the repository answers and knows the calibration dataset types."""
+    butler.get_dataset_type(datasets.BIAS)
+
+
+@dataclass
+class Chain:
+    """Walks the dependency chain of one run for one triggering event."""
+
+    ctx: ServiceContext
+    cause: Event
+    config: RunConfiguration
+
+    @property
+    def run_id(self) -> str:
+        return self.cause.run_id
+
+    async def walk(self, calib_types: list[str], *, republish_first: bool = False) -> None:
+        """Try ``calib_types`` in order, and whatever each outcome makes ready next."""
+        todo = deque((t, republish_first and i == 0) for i, t in enumerate(calib_types))
+        while todo:
+            calib_type, republish = todo.popleft()
+            record = await self.step(calib_type, republish=republish)
+            if record is not None:
+                todo.extend((t, False) for t in follow_ups(self.config, record))
+
+    async def step(self, calib_type: str, *, republish: bool) -> GenerationRecord | None:
+        """Do what `next_step` says for ``calib_type``; the new record, if one was written."""
+        snapshot = await self.ctx.with_butler(
+            "generate", load_snapshot, self.config, self.run_id, [calib_type], run_id=self.run_id
         )
-        if existing is not None:
-            if republish:  # a redelivered trigger gets the same answer again, without work
-                await publish_record(cause, existing)
-            return
-        ready = await blocking(lambda: readiness(butler(), config, run_id, calib_type), run_id=run_id)
-        if ready.state in ("no-frames", "pending"):
-            ctx.log.info("not ready", extra={"run_id": run_id, "calib_type": calib_type, "why": ready.reason})
-            return
-        manifest = await blocking(lambda: _manifest(butler(), config, run_id, calib_type), run_id=run_id)
-        base: dict[str, Any] = {
-            "instrument": config.instrument,
-            "calib_type": calib_type,
-            "image_type": FRAMES_OF[calib_type] if calib_type in ("bias", "dark", "flat") else None,
-            "detectors": list(manifest["detectors"]),
-            "exposures": list(manifest["exposures"]),
-        }
-        if ready.state == "blocked":
-            ctx.log.warning(
-                "dependant skipped", extra={"run_id": run_id, "calib_type": calib_type, "why": ready.reason}
+        step = next_step(self.config, self.run_id, snapshot, calib_type)
+        log_extra = {"run_id": self.run_id, "calib_type": calib_type, "why": step.reason}
+        if step.action == "done":
+            if republish and step.record is not None:  # a redelivered trigger gets the same answer again
+                await self.announce(step.record)
+            return None
+        if step.action == "wait":
+            self.ctx.log.info("not ready", extra=log_extra)
+            return None
+        assert step.manifest is not None
+        if step.action == "skip":
+            self.ctx.log.warning("dependant skipped", extra=log_extra)
+            record = skipped_record(
+                self.config,
+                calib_type,
+                step.reason,
+                detectors=step.manifest.detectors,
+                exposures=step.manifest.exposures,
+                image_type=image_type_of(calib_type),
             )
-            await finish(
-                cause, config, {**base, "generated": False, "outcome": "skipped", "reason": ready.reason}
-            )
-            await advance(cause, config, calib_type)
-            return
+        else:
+            record = await self.build(step)
+        await self.finish(record)
+        return record
+
+    async def build(self, step: Step) -> GenerationRecord:
+        """Build ``step.calib_type`` and return its generation record (ok or failed)."""
+        ctx, calib_type, manifest = self.ctx, step.calib_type, step.manifest
+        assert manifest is not None
+        base = GenerationRecord(
+            instrument=self.config.instrument,
+            calib_type=calib_type,
+            image_type=image_type_of(calib_type),
+            detectors=manifest.detectors,
+            exposures=manifest.exposures,
+            generated=False,
+            sources=step.sources,
+        )
         await ctx.status(
-            cause,
+            self.cause,
             "RUNNING",
-            f"{calib_type}: generating from {len(base['exposures'])} exposures",
+            f"{calib_type}: generating from {len(manifest.exposures)} exposures",
             stage="generate",
         )
         request = BuildRequest(
-            instrument=instrument,
-            config=config,
-            run_id=run_id,
-            exposures=tuple(base["exposures"]),
-            detectors=tuple(base["detectors"]),
-            physical_filter=str(manifest["physical_filter"]),
-            sources=ready.sources,
+            instrument=get_instrument(self.config.instrument),
+            config=self.config,
+            run_id=self.run_id,
+            exposures=tuple(manifest.exposures),
+            detectors=tuple(manifest.detectors),
+            physical_filter=manifest.physical_filter,
+            sources=step.sources,
         )
         start = time.monotonic()
-        sources = {k: list(v.collections) for k, v in ready.sources.items()}
         try:
-            built = await blocking(lambda: BUILDERS[calib_type](butler(), request), run_id=run_id)
+            built = await ctx.with_butler("generate", BUILDERS[calib_type], request, run_id=self.run_id)
         except Exception as exc:
-            reason = f"generation of {calib_type} failed: {type(exc).__name__}: {exc}"
-            ctx.log.exception("generation failed", extra={"run_id": run_id, "calib_type": calib_type})
+            ctx.log.exception("generation failed", extra={"run_id": self.run_id, "calib_type": calib_type})
             ctx.metrics.stage_failures.labels(stage="generate", calib_type=calib_type).inc()
-            await finish(
-                cause,
-                config,
-                {**base, "generated": False, "outcome": "failed", "reason": reason, "sources": sources},
-            )
-            await advance(cause, config, calib_type)
-            return
+            reason = f"generation of {calib_type} failed: {type(exc).__name__}: {exc}"
+            return base.model_copy(update={"outcome": "failed", "reason": reason})
         duration = time.monotonic() - start
         ctx.metrics.stage_duration.labels(stage="generate", calib_type=calib_type).observe(duration)
         ctx.log.info(
-            "calibration generated",
-            extra={"run_id": run_id, "calib_type": calib_type, "seconds": round(duration, 3)},
+            "generated",
+            extra={"run_id": self.run_id, "calib_type": calib_type, "seconds": round(duration, 3)},
         )
         if built.products:
             await ctx.status(
-                cause,
+                self.cause,
                 "RUNNING",
                 f"{calib_type}: results per detector and amplifier",
                 details={calib_type: built.products},
                 stage="generate",
             )
-        await finish(
-            cause,
-            config,
-            {
-                **base,
+        return base.model_copy(
+            update={
                 "generated": True,
-                "outcome": "ok",
-                "collection": type_collection(config.instrument, run_id, calib_type),
+                "collection": type_collection(self.config.instrument, self.run_id, calib_type),
                 "dataset_ids": {str(k): v for k, v in built.dataset_ids.items()},
-                "sources": sources,
                 "products": built.products,
                 "duration_s": duration,
-            },
+            }
         )
-        if not config.do_verify:
-            await advance(cause, config, calib_type)
 
-    async def advance(cause: Event, config: RunConfiguration, calib_type: str) -> None:
-        """Try the run's types that depend on ``calib_type``."""
-        for dependant in dependants(calib_type, config):
-            await process(cause, config, dependant, republish=False)
-
-    @router.subscriber(
-        ctx.topics.frames_acquired,
-        ctx.topics.calib_verified,
-        title=f"{ctx.name} consumes frames.acquired and calib.verified",
-        description="Frames of one image type are in; or a prerequisite calibration was verified.",
-        **ctx.subscriber_options(),
-    )
-    async def on_trigger(event: Trigger) -> None:
-        config = await blocking(
-            lambda: load_run_config(butler(), event.instrument, event.run_id), run_id=event.run_id
-        )
-        if isinstance(event, CalibVerified):
-            await advance(event, config, event.calib_type)
-            return
+    def external_record(self, event: FramesAcquired) -> GenerationRecord:
+        """External verification: nothing is built; the verifier checks the frames against these."""
         calib_type = event.image_type.lower()
-        if event.outcome != "ok":
-            # Every type built from these frames is skipped with the acquisition's reason.
-            for skipped in [t for t in expected_calib_types(config) if FRAMES_OF[t] == event.image_type]:
-                await finish(
-                    event,
-                    config,
-                    {
-                        "instrument": event.instrument,
-                        "calib_type": skipped,
-                        "image_type": event.image_type if skipped == calib_type else None,
-                        "detectors": event.detectors,
-                        "exposures": event.exposures,
-                        "generated": False,
-                        "outcome": "skipped",
-                        "reason": event.reason,
-                    },
-                )
-                await advance(event, config, skipped)
-            return
-        if not config.generate_calibrations:
-            await publish_record(
-                event,
-                {
-                    "instrument": event.instrument,
-                    "calib_type": calib_type,
-                    "image_type": event.image_type,
-                    "detectors": event.detectors,
-                    "exposures": event.exposures,
-                    "generated": False,
-                    "reference_collections": config.input_collections_verify(calib_type),
-                },
-            )
-            return
-        await process(event, config, calib_type, republish=True)
-        # Defects, PTC and gains are built from the flats (after their prerequisites).
-        if calib_type == "flat":
-            for extra in expected_calib_types(config):
-                if extra in ("defects", "ptc", "gain"):
-                    await process(event, config, extra, republish=False)
+        return GenerationRecord(
+            instrument=event.instrument,
+            calib_type=calib_type,
+            image_type=event.image_type,
+            detectors=event.detectors,
+            exposures=event.exposures,
+            generated=False,
+            reference_collections=self.config.input_collections_verify(calib_type),
+        )
 
-    async def butler_reachable() -> None:
-        await ctx.run_blocking("readyz", lambda: butler().registry.getDatasetType(datasets.BIAS))
+    async def announce(self, record: GenerationRecord) -> None:
+        await self.ctx.publish(
+            CalibGenerated.announce(self.cause, NAME, record), self.ctx.topics.calib_generated
+        )
 
-    ctx.ready_checks.append(butler_reachable)
+    async def finish(self, record: GenerationRecord) -> None:
+        """Publish first, then record: a crash in between repeats the event, never loses it."""
+        await self.announce(record)
+        await self.ctx.with_butler(
+            "generate",
+            write_record,
+            record,
+            self.config.instrument,
+            self.run_id,
+            record.calib_type,
+            run_id=self.run_id,
+        )
 
 
-def create_app():  # type: ignore[no-untyped-def]
-    return create_service(NAME, register)
+def create_app(settings: Settings | None = None) -> tuple[AsgiFastStream, ServiceContext]:
+    """The service's ASGI app and its context (settings from the environment by default)."""
+    return create_service(NAME, register, settings)

@@ -49,7 +49,7 @@ box; an isolated pixel is a 1×1 box; a horizontal streak is one box.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +62,6 @@ __all__ = [
     "DefectConfig",
     "DefectResult",
     "boxes_from_mask",
-    "defects_mask",
     "find_defects",
 ]
 
@@ -359,32 +358,3 @@ def boxes_from_mask(mask: np.ndarray) -> list[Box]:
     ]
     boxes.sort(key=lambda b: (b[0], b[1]))
     return boxes
-
-
-def defects_mask(table: Table | Iterable[Box], shape: tuple[int, int]) -> np.ndarray:
-    """Boolean mask of ``shape`` that is True inside the defect boxes.
-
-    Parameters
-    ----------
-    table : `astropy.table.Table` or iterable of boxes
-        A table with columns ``x0, y0, width, height`` (`DefectResult.to_table`) or
-        ``(x0, y0, width, height)`` tuples. Boxes are clipped to the image.
-    shape : `tuple` [`int`, `int`]
-        ``(rows, columns)`` of the detector.
-    """
-    mask = np.zeros(shape, dtype=bool)
-    if isinstance(table, Table):
-        rows: Iterable[Box] = zip(
-            table["x0"].tolist(),
-            table["y0"].tolist(),
-            table["width"].tolist(),
-            table["height"].tolist(),
-            strict=True,
-        )
-    else:
-        rows = table
-    for x0, y0, width, height in rows:
-        if width <= 0 or height <= 0:
-            raise ValueError(f"defect box ({x0}, {y0}, {width}, {height}) has no area")
-        mask[max(0, int(y0)) : max(0, int(y0 + height)), max(0, int(x0)) : max(0, int(x0 + width))] = True
-    return mask

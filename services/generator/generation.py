@@ -7,9 +7,7 @@ from the sources that `services.generator.readiness` resolved (this run's, or ce
 
 from __future__ import annotations
 
-import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,14 +16,7 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from lsst.daf.butler import (
-    Butler,
-    DataCoordinate,
-    DatasetNotFoundError,
-    DatasetRef,
-    MissingCollectionError,
-    Timespan,
-)
+from lsst.daf.butler import Butler
 
 from services.generator.combine import (
     combine_clipped_mean,
@@ -33,28 +24,22 @@ from services.generator.combine import (
     provenance_header,
     qa_percentiles,
 )
-from services.generator.readiness import CalibSource
+from services.generator.defects import find_defects
+from services.generator.ptc import extract_pair, gain_from_flat_pairs, pair_exposures, ptc_table, solve_ptc
 from shared.butler import datasets
-from shared.butler.repo import raw_collection
+from shared.butler.calibrations import CalibrationCache, load_calibration
+from shared.butler.collections import type_collection
+from shared.butler.raws import detector_for_raw, load_raw
+from shared.cosmic_rays import TooManyCosmicRays, find_and_repair
 from shared.images import CalibImage, MaskPlane, RawDetectorImage
 from shared.instruments import Detector, Instrument
 from shared.isr import IsrConfig, run_isr
+from shared.records import CalibSource
 from shared.runconfig import RunConfiguration
-from shared.runstate import type_collection
+from shared.settings import load_settings
 from shared.stats import clipped_stats
 
-__all__ = [
-    "BUILDERS",
-    "BuildRequest",
-    "BuildResult",
-    "CalibrationCache",
-    "ScratchInputs",
-    "collection_exists",
-    "detector_for_raw",
-    "flat_scales",
-    "load_calibration",
-    "load_raw",
-]
+__all__ = ["BUILDERS", "BuildRequest", "BuildResult", "ScratchInputs", "flat_scales"]
 
 
 @dataclass(frozen=True)
@@ -75,183 +60,6 @@ class BuildResult:
     dataset_ids: dict[int, str] = field(default_factory=dict)
     products: dict[str, Any] = field(default_factory=dict)
     """Per detector results that are reported rather than stored as calibrations (gains)."""
-
-
-def detector_for_raw(instrument: Instrument, raw: RawDetectorImage) -> Detector:
-    """The detector geometry that matches ``raw`` (simulated small frames have smaller amplifiers)."""
-    detector = instrument.detector(raw.detector_id)
-    amp = detector.amplifiers[0]
-    rows, cols = raw.amplifiers[amp.name].shape
-    data_rows = rows - amp.parallel_overscan_rows
-    data_cols = cols - amp.prescan_cols - amp.serial_overscan_cols
-    if (data_rows, data_cols) == (amp.data_rows, amp.data_cols):
-        return detector
-    return detector.with_data_shape(data_rows, data_cols)
-
-
-def load_raw(butler: Butler, instrument: str, exposure: int, detector: int) -> RawDetectorImage:
-    raw = butler.get(
-        datasets.RAW,
-        instrument=instrument,
-        exposure=exposure,
-        detector=detector,
-        collections=[raw_collection(instrument)],
-    )
-    assert isinstance(raw, RawDetectorImage)
-    return raw
-
-
-def collection_exists(butler: Butler, name: str) -> bool:
-    """Whether the butler has a collection called ``name``."""
-    try:
-        butler.collections.get_info(name)
-    except MissingCollectionError:
-        return False
-    return True
-
-
-def load_calibration(
-    butler: Butler,
-    source: CalibSource,
-    instrument: str,
-    detector: int,
-    exposure: int,
-    physical_filter: str | None = None,
-) -> CalibImage:
-    """A prerequisite calibration for ``detector``: this run's, or the one certified for ``exposure``.
-
-    One look-up and one read; to read each dataset once across many exposures, use a
-    `CalibrationCache`.
-    """
-    return CalibrationCache(butler).get(source, instrument, detector, exposure, physical_filter)
-
-
-class CalibrationCache:
-    """Prerequisite calibrations, each dataset read from the butler once.
-
-    A certified calibration is found for each exposure (its validity range must contain the
-    exposure's time), but consecutive exposures almost always get the same dataset: the reference
-    is resolved with a registry query, and the image is read only when that dataset has not been
-    read before by this cache. Make one per build (of one detector) or per verification: the
-    images stay in memory as long as the cache does, and a cache never sees datasets certified
-    after it read.
-
-    Parameters
-    ----------
-    butler : `lsst.daf.butler.Butler`
-        The butler to search and read.
-
-    Attributes
-    ----------
-    n_reads : `int`
-        Number of images read from the butler (for tests and benches).
-    """
-
-    def __init__(self, butler: Butler) -> None:
-        self._butler = butler
-        self._images: dict[uuid.UUID, CalibImage] = {}
-        self._refs: dict[tuple[Any, ...], DatasetRef] = {}
-        self._exposures: dict[tuple[str, int], DataCoordinate] = {}
-        self._existing: dict[tuple[str, ...], list[str]] = {}
-        self.n_reads = 0
-
-    def _existing_collections(self, collections: tuple[str, ...]) -> list[str]:
-        if collections not in self._existing:
-            self._existing[collections] = [c for c in collections if collection_exists(self._butler, c)]
-        return self._existing[collections]
-
-    def _exposure(self, instrument: str, exposure: int) -> DataCoordinate:
-        """The expanded data ID of ``exposure`` (its timespan and physical filter)."""
-        key = (instrument, exposure)
-        if key not in self._exposures:
-            registry = self._butler.registry
-            self._exposures[key] = registry.expandDataId(instrument=instrument, exposure=exposure)
-        return self._exposures[key]
-
-    def _resolve(
-        self, source: CalibSource, existing: list[str], data_id: dict[str, Any], exposure: int | None
-    ) -> DatasetRef:
-        """The dataset of ``source`` for ``data_id`` (and valid at ``exposure`` when given)."""
-        key = (source.calib_type, tuple(existing), tuple(sorted(data_id.items())), exposure)
-        ref = self._refs.get(key)
-        if ref is not None:
-            return ref
-        # Butler.get derives a validity timespan from an exposure in the data ID; find_dataset
-        # does not, so it is given explicitly (unbounded when there is no exposure, as get does).
-        timespan: Timespan | None = Timespan(None, None)
-        if exposure is not None:
-            expanded = self._exposure(data_id["instrument"], exposure)
-            timespan = expanded.timespan
-            if "physical_filter" in self._butler.get_dataset_type(source.calib_type).dimensions.names:
-                data_id = {**data_id, "physical_filter": expanded["physical_filter"]}
-        found = self._butler.find_dataset(source.calib_type, data_id, collections=existing, timespan=timespan)
-        if found is None:
-            raise DatasetNotFoundError(
-                f"Dataset {source.calib_type} with data ID {data_id} could not be found"
-                f" in collections {existing}."
-            )
-        self._refs[key] = found
-        return found
-
-    def get(
-        self,
-        source: CalibSource,
-        instrument: str,
-        detector: int,
-        exposure: int,
-        physical_filter: str | None = None,
-    ) -> CalibImage:
-        """A prerequisite calibration for ``detector``: this run's, or the one certified for ``exposure``.
-
-        Parameters
-        ----------
-        source : `services.generator.readiness.CalibSource`
-            Where the calibration comes from.
-        instrument : `str`
-            Instrument name.
-        detector : `int`
-            Detector id.
-        exposure : `int`
-            The exposure it is applied to (for a certified source, the validity time).
-        physical_filter : `str`, optional
-            The filter of a flat from this run (a certified flat takes the exposure's).
-
-        Returns
-        -------
-        calib : `shared.images.CalibImage`
-            The calibration; the same object for every call that resolves to the same dataset,
-            which callers must not modify.
-
-        Raises
-        ------
-        LookupError
-            If none of the source's collections exists, or the dataset cannot be found or read.
-        """
-        data_id: dict[str, Any] = {"instrument": instrument, "detector": detector}
-        if source.calib_type == "flat" and physical_filter is not None and source.kind != "certified":
-            data_id["physical_filter"] = physical_filter
-        # A calib_collection that does not exist yet (a first run) is simply not searched.
-        existing = self._existing_collections(source.collections)
-        where = ", ".join(source.collections)
-        if not existing:
-            raise LookupError(
-                f"no {source.calib_type} for {instrument}: none of the collections {where} exists"
-            )
-        try:
-            ref = self._resolve(source, existing, data_id, exposure if source.kind == "certified" else None)
-            calib = self._images.get(ref.id)
-            if calib is None:
-                calib = self._butler.get(ref)
-                self.n_reads += 1
-                self._images[ref.id] = calib
-        except Exception as exc:
-            raise LookupError(
-                f"no {source.calib_type} for {instrument} detector {detector}"
-                + (f" valid at exposure {exposure}" if source.kind == "certified" else "")
-                + f" in {where}: {type(exc).__name__}"
-            ) from exc
-        assert isinstance(calib, CalibImage)
-        return calib
 
 
 def _calib_header(
@@ -312,8 +120,6 @@ def _isr_inputs(
 
 def _mask_cosmic_rays(image: CalibImage, amp_boxes: Mapping[str, tuple[slice, slice]]) -> None:
     """Flag cosmic rays on a dark input (CR mask plane) so the combine rejects them."""
-    from services.verifier.cosmic_rays import TooManyCosmicRays, find_and_repair
-
     for box in amp_boxes.values():
         data = image.image[box]
         stats = clipped_stats(data, n_sigma=3.0, n_iter=3)
@@ -372,16 +178,12 @@ def build_dark(butler: Butler, request: BuildRequest) -> BuildResult:
     return _build_combined(butler, request, "dark")
 
 
-COMBINE_MEMORY_MB_DEFAULT = 4096
-"""Default RAM budget (MB) for one combine's ISR'd inputs; ``CPFLOW_COMBINE_MEMORY_MB`` overrides."""
-
-
 class ScratchInputs:
     """ISR'd combine inputs held in RAM up to a budget, and in local scratch files beyond it.
 
     A full-size LATISS input is 195 MB (float32 image and variance, int32 mask), so 23 darks are
     4.5 GB and an LSSTCam-sized stack of 100 inputs would not fit a pod. Inputs past the budget
-    (``CPFLOW_COMBINE_MEMORY_MB``, default `COMBINE_MEMORY_MB_DEFAULT`) are written to a temporary
+    (``CPFLOW_COMBINE_MEMORY_MB``, `shared.settings.Settings.combine_memory_mb`) are written to a temporary
     directory (``$TMPDIR``, removed on `close`) and read back strip by strip through memory maps,
     whose pages the kernel can evict. Spilling costs disk bandwidth (about 8 s for 4 GB here), so
     the budget should be as large as the deployment's memory allows.
@@ -394,7 +196,7 @@ class ScratchInputs:
 
     def __init__(self, budget_mb: float | None = None, prefix: str = "cpflow-inputs-") -> None:
         if budget_mb is None:
-            budget_mb = float(os.environ.get("CPFLOW_COMBINE_MEMORY_MB", COMBINE_MEMORY_MB_DEFAULT))
+            budget_mb = load_settings().combine_memory_mb
         self.budget_bytes = int(budget_mb * 1024 * 1024)
         self._prefix = prefix
         self._directory: tempfile.TemporaryDirectory[str] | None = None
@@ -602,8 +404,6 @@ _FLAT_REJECT = int(MaskPlane.SAT | MaskPlane.DETECTED | MaskPlane.INTRP)
 
 def build_defects(butler: Butler, request: BuildRequest) -> BuildResult:
     """Defects from this run's combined dark (hot pixels) and flat (cold pixels), merged."""
-    from services.generator.defects import find_defects
-
     name = request.instrument.name
     collection = type_collection(name, request.run_id, "defects")
     butler.collections.register(collection)
@@ -651,8 +451,6 @@ def _ptc_measurements(
     combined bias converted to ADU (the PTC means must not include the 2-D bias structure,
     which the overscans do not remove; it cancels in the pair difference but not in the means).
     """
-    from services.generator.ptc import extract_pair, pair_exposures
-
     name = request.instrument.name
     # Exposure times from the exposure records written at ingest: no raw is read twice.
     records = butler.query_dimension_records(
@@ -689,8 +487,6 @@ def _ptc_measurements(
 
 def build_ptc(butler: Butler, request: BuildRequest) -> BuildResult:
     """Photon transfer curve per amplifier from flat pairs (exponential approximation)."""
-    from services.generator.ptc import ptc_table, solve_ptc
-
     name = request.instrument.name
     collection = type_collection(name, request.run_id, "ptc")
     butler.collections.register(collection)
@@ -717,8 +513,6 @@ def build_ptc(butler: Butler, request: BuildRequest) -> BuildResult:
 
 def build_gain(butler: Butler, request: BuildRequest) -> BuildResult:
     """Gains from flat pairs (the reference's GAIN mode): reported, never certified."""
-    from services.generator.ptc import gain_from_flat_pairs
-
     result = BuildResult()
     for detector_id in request.detectors:
         measurements, _geometry = _ptc_measurements(butler, request, detector_id)
@@ -735,18 +529,3 @@ BUILDERS: dict[str, Callable[[Butler, BuildRequest], BuildResult]] = {
     "ptc": build_ptc,
     "gain": build_gain,
 }
-
-
-def generate_bias(
-    butler: Butler,
-    instrument: Instrument,
-    run_id: str,
-    exposures: Sequence[int],
-    detectors: Sequence[int],
-    config: RunConfiguration,
-) -> dict[int, str]:
-    """Convenience for tests and benches: build the bias of a run."""
-    request = BuildRequest(
-        instrument, config, run_id, tuple(exposures), tuple(detectors), config.physical_filter
-    )
-    return build_bias(butler, request).dataset_ids

@@ -199,11 +199,6 @@ class PairMeasurement:
     valid: bool = True
 
     @property
-    def raw_delta(self) -> float:
-        """``mean2 − mean1`` (ADU)."""
-        return self.mean2 - self.mean1
-
-    @property
     def variance_weight(self) -> float:
         """Inverse standard error of ``variance`` (``cov_weights[0, 0]`` or ``sqrt(n/2)/variance``)."""
         if self.cov_weights.size and np.isfinite(self.cov_weights[0, 0]) and self.cov_weights[0, 0] > 0:

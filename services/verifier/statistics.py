@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from services.verifier.cosmic_rays import TooManyCosmicRays, find_and_repair
+from shared.cosmic_rays import TooManyCosmicRays, find_and_repair
 from shared.images import CalibImage, MaskPlane
 from shared.stats import clipped_stdev
 
@@ -99,7 +99,7 @@ def amp_statistics(
     - ``MEAN``: unclipped mean;
     - ``NOISE``: clipped standard deviation (5σ, 3 passes; afw ``STDEVCLIP``);
     - ``CR_NOISE``: unclipped standard deviation after cosmic-ray repair
-      (`services.verifier.cosmic_rays.find_and_repair` with σ = NOISE);
+      (`shared.cosmic_rays.find_and_repair` with σ = NOISE);
     - ``N_CR``: number of cosmic rays found;
     - ``READ_NOISE_ADU``: ``overscan_noise_adu[amp]`` (the ISR serial-overscan residual stdev,
       `shared.isr.IsrResult.overscan_noise_adu`), NaN if not given;

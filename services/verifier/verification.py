@@ -21,8 +21,6 @@ from typing import Any
 from astropy.table import Table
 from lsst.daf.butler import Butler, DatasetNotFoundError
 
-from services.generator.generation import CalibrationCache, collection_exists, detector_for_raw, load_raw
-from services.generator.readiness import CalibSource
 from services.verifier.decision import VerificationDecision, decide
 from services.verifier.statistics import (
     amp_statistics,
@@ -37,23 +35,30 @@ from services.verifier.statistics import (
     verify_flat_detector,
 )
 from shared.butler import datasets
+from shared.butler.calibrations import CalibrationCache
+from shared.butler.collections import collection_exists, type_collection
+from shared.butler.raws import detector_for_raw, load_raw
+from shared.butler.runrecords import find_record, put_record
+from shared.calibtypes import APPLIED_IN_VERIFICATION, VERIFIED_TYPES
 from shared.images import CalibImage
 from shared.instruments import Instrument
 from shared.isr import run_isr
-from shared.runstate import find_record, put_record, type_collection
+from shared.records import CalibSource, GenerationRecord, VerificationRecord, VerificationSummary
+from shared.runconfig import RunConfiguration
 
 __all__ = [
     "PTC_NOISE_MAX_RELATIVE_ERROR",
-    "VERIFIED_TYPES",
     "VerificationOutcome",
     "VerificationRequest",
     "ptc_read_noise",
+    "request_for",
+    "sources_for",
+    "summary_of",
     "usable_ptc_noise",
+    "verdict_of",
+    "verdict_without_tests",
     "verify_calibration",
 ]
-
-VERIFIED_TYPES = ("bias", "dark", "flat")
-_APPLIED = {"bias": ("bias",), "dark": ("bias", "dark"), "flat": ("bias", "dark", "flat")}
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,7 @@ def verify_calibration(butler: Butler, request: VerificationRequest) -> Verifica
                 applied_type: calibs.get(
                     request.sources[applied_type], name, detector_id, exposure, request.physical_filter
                 )
-                for applied_type in _APPLIED[calib_type]
+                for applied_type in APPLIED_IN_VERIFICATION[calib_type]
             }
             if detector_id not in read_noise:
                 from_ptc = ptc_read_noise(butler, request.ptc_collections, name, detector_id, exposure)
@@ -240,7 +245,7 @@ def sources_for(
     calib_type: str,
     *,
     generated_collection: str | None,
-    prerequisite_sources: Mapping[str, Sequence[str]],
+    prerequisite_sources: Mapping[str, CalibSource],
     reference_collections: Sequence[str],
 ) -> dict[str, CalibSource]:
     """Where the verifier takes each applied calibration from.
@@ -249,13 +254,112 @@ def sources_for(
     took them. External: all of them certified in ``reference_collections``, valid at each exposure.
     """
     sources: dict[str, CalibSource] = {}
-    for applied in _APPLIED[calib_type]:
+    for applied in APPLIED_IN_VERIFICATION[calib_type]:
         if generated_collection is None:
-            sources[applied] = CalibSource(applied, "certified", tuple(reference_collections))
+            sources[applied] = CalibSource(
+                calib_type=applied, kind="certified", collections=tuple(reference_collections)
+            )
         elif applied == calib_type:
-            sources[applied] = CalibSource(applied, "run", (generated_collection,))
-        else:
-            collections = tuple(prerequisite_sources.get(applied, ()))
-            kind = "run" if len(collections) == 1 and "/runs/" in collections[0] else "certified"
-            sources[applied] = CalibSource(applied, kind, collections)  # type: ignore[arg-type]
+            sources[applied] = CalibSource(
+                calib_type=applied, kind="run", collections=(generated_collection,)
+            )
+        else:  # a source the generation did not name is searched nowhere: a clear LookupError later
+            sources[applied] = prerequisite_sources.get(applied) or CalibSource(
+                calib_type=applied, kind="certified", collections=()
+            )
     return sources
+
+
+def summary_of(outcome: VerificationOutcome) -> VerificationSummary:
+    """What the reference script logs about a verification, as data (for the record and the event)."""
+    decision = outcome.decision
+    failures = {
+        str(exp): list(entry.get("FAILURES", []))
+        for exp, entry in outcome.run_stats.items()
+        if exp != "SUCCESS" and isinstance(entry, dict) and entry.get("FAILURES")
+    }
+    tests: dict[str, dict[str, int]] = {}
+    for (test, passed), count in outcome.test_counts.items():
+        tests.setdefault(test, {"pass": 0, "fail": 0})["pass" if passed else "fail"] += count
+    return VerificationSummary(
+        tests=tests,
+        certify=decision.certify,
+        n_exposures=decision.n_exposures,
+        failed_exposures=list(decision.failed_exposures),
+        counts={str(k): dict(v) for k, v in decision.counts.items()},
+        thresholds=dict(decision.thresholds),
+        failures=failures,
+        text=decision.summary(),
+    )
+
+
+def verdict_without_tests(generation: GenerationRecord, do_verify: bool) -> VerificationRecord | None:
+    """The verdict on a generation that is not tested, or `None` when the tests must run.
+
+    A generation that failed or was skipped passes its outcome on; with ``do_verify: false``
+    nothing is verified; defects and PTC are certified without verification and gains are
+    reported (as in the reference).
+    """
+    base = verification_base(generation)
+    if generation.outcome != "ok":
+        return VerificationRecord(**base, verdict="NOT_RUN", outcome="skipped", reason=generation.reason)
+    if not do_verify:
+        return VerificationRecord(**base, verdict="NOT_RUN", reason="do_verify is false")
+    if generation.calib_type not in VERIFIED_TYPES:
+        reason = f"{generation.calib_type} is not verified (as in the reference)"
+        return VerificationRecord(**base, verdict="NOT_RUN", reason=reason)
+    return None
+
+
+def verification_base(generation: GenerationRecord) -> dict[str, Any]:
+    """The fields a verification record takes from the generation it verifies."""
+    return {
+        "instrument": generation.instrument,
+        "calib_type": generation.calib_type,
+        "detectors": generation.detectors,
+        "exposures": generation.exposures,
+        "generated": generation.generated,
+        "collection": generation.collection,
+    }
+
+
+def verdict_of(
+    generation: GenerationRecord, outcome: VerificationOutcome, duration_s: float
+) -> VerificationRecord:
+    """The verification record of a verification that ran."""
+    verdict = "PASSED" if outcome.decision.certify else "FAILED"
+    return VerificationRecord(
+        **verification_base(generation),
+        verdict=verdict,
+        summary=summary_of(outcome),
+        stats_collection=outcome.stats_collection,
+        reason=None if verdict == "PASSED" else f"{generation.calib_type} failed verification",
+        duration_s=duration_s,
+    )
+
+
+def request_for(
+    generation: GenerationRecord, config: RunConfiguration, instrument: Instrument, run_id: str
+) -> VerificationRequest:
+    """What to verify, against which calibrations, with the run's threshold."""
+    calib_type = generation.calib_type
+    return VerificationRequest(
+        instrument=instrument,
+        run_id=run_id,
+        calib_type=calib_type,
+        exposures=tuple(generation.exposures),
+        detectors=tuple(generation.detectors),
+        threshold=config.threshold(calib_type),
+        physical_filter=config.physical_filter,
+        sources=sources_for(
+            calib_type,
+            generated_collection=generation.collection if generation.generated else None,
+            prerequisite_sources=generation.sources,
+            reference_collections=generation.reference_collections,
+        ),
+        ptc_collections=tuple(
+            generation.reference_collections
+            if not generation.generated
+            else [config.calib_collection, *config.input_collections_verify(calib_type)]
+        ),
+    )

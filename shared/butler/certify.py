@@ -9,8 +9,7 @@ import astropy.time
 from lsst.daf.butler import Butler, CollectionType, DatasetRef, Timespan
 from lsst.daf.butler.registry import ConflictingDefinitionError, MissingCollectionError
 
-from .repo import calib_chain
-from .retry import retry_transient
+from .collections import calib_chain
 
 __all__ = [
     "CertificationConflict",
@@ -79,13 +78,13 @@ def ensure_calibration_collection(butler: Butler, instrument: str, calib_collect
     chain = calib_chain(instrument)
     if calib_collection == chain:
         raise ValueError(f"the calibration collection cannot be the chain {chain!r} itself")
-    retry_transient(butler.collections.register, calib_collection, CollectionType.CALIBRATION)
+    butler.collections.register(calib_collection, CollectionType.CALIBRATION)
     found = _collection_type(butler, calib_collection)
     if found is not CollectionType.CALIBRATION:
         raise TypeError(
             f"collection {calib_collection!r} exists as {found.name if found else None}, not CALIBRATION"
         )
-    retry_transient(butler.collections.register, chain, CollectionType.CHAINED)
+    butler.collections.register(chain, CollectionType.CHAINED)
     chain_type = _collection_type(butler, chain)
     if chain_type is not CollectionType.CHAINED:
         raise TypeError(
@@ -93,7 +92,7 @@ def ensure_calibration_collection(butler: Butler, instrument: str, calib_collect
             f"cpflow needs it to be a CHAINED collection of calibration collections"
         )
     if calib_collection not in butler.registry.getCollectionChain(chain):
-        retry_transient(butler.collections.prepend_chain, chain, calib_collection)
+        butler.collections.prepend_chain(chain, calib_collection)
         _LOG.info("added %s to the calibration chain %s", calib_collection, chain)
 
 
@@ -167,7 +166,7 @@ def certify_calibrations(
     if not pending:
         return "already-certified"
     try:
-        retry_transient(butler.registry.certify, calib_collection, pending, timespan)
+        butler.registry.certify(calib_collection, pending, timespan)
     except ConflictingDefinitionError as err:
         # Probably a concurrent certifier: find out who holds the range now.
         if not pending_refs():

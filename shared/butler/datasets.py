@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from lsst.daf.butler import Butler, DatasetType, DimensionUniverse
 
+from shared.calibtypes import COMBINED_TYPES
+
 __all__ = [
     "ACQUISITION_MANIFEST",
     "BIAS",
-    "CALIB_IMAGE_TYPES",
     "CALIB_OUTCOME",
     "CALIB_STORAGE_CLASS",
     "DARK",
@@ -52,13 +53,10 @@ GENERATION_RECORD = "cpflowGeneration"
 VERIFICATION_RECORD = "cpflowVerification"
 """The verification verdict of one calibration type of a run, with the decision's summary."""
 
-CALIB_IMAGE_TYPES: tuple[str, ...] = (BIAS, DARK, FLAT)
-"""Calibration types that are combined images and have verification dataset types."""
-
 
 def _verify_prefix(calib_type: str) -> str:
-    if calib_type not in CALIB_IMAGE_TYPES:
-        raise ValueError(f"no verification datasets for {calib_type!r}; expected one of {CALIB_IMAGE_TYPES}")
+    if calib_type not in COMBINED_TYPES:
+        raise ValueError(f"no verification datasets for {calib_type!r}; expected one of {COMBINED_TYPES}")
     return "verify" + calib_type[0].upper() + calib_type[1:]
 
 
@@ -135,7 +133,7 @@ def dataset_types(universe: DimensionUniverse) -> list[DatasetType]:
         make(DEFECTS, ("instrument", "detector"), TABLE_STORAGE_CLASS, calib=True),
         make(PTC, ("instrument", "detector"), TABLE_STORAGE_CLASS, calib=True),
     ]
-    for calib_type in CALIB_IMAGE_TYPES:
+    for calib_type in COMBINED_TYPES:
         result.append(
             make(
                 verify_det_stats(calib_type), ("instrument", "exposure", "detector"), STRUCTURED_STORAGE_CLASS

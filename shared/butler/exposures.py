@@ -24,7 +24,6 @@ from shared.instruments import Instrument
 
 from .datasets import RAW
 from .formatters import RawFitsFormatter
-from .retry import retry_transient
 
 __all__ = ["day_obs_record", "exposure_record", "group_record", "ingest_raws", "read_primary_header"]
 
@@ -177,7 +176,7 @@ def _sync_exposure(butler: Butler, header: fits.Header, instrument: Instrument) 
         registry.syncDimensionData("group", group_record(instrument.name, exposure["group"]))
         registry.syncDimensionData("exposure", exposure)
 
-    retry_transient(sync)
+    sync()
     return exposure
 
 
@@ -220,7 +219,7 @@ def ingest_raws(
         If a header names another instrument, an unknown filter or detector.
     """
     registry = butler.registry
-    retry_transient(registry.registerCollection, run, CollectionType.RUN)
+    registry.registerCollection(run, CollectionType.RUN)
     raw_type = registry.getDatasetType(RAW)
 
     refs: list[DatasetRef | None] = []
@@ -249,16 +248,14 @@ def ingest_raws(
 
     if pending:
         try:
-            retry_transient(
-                butler.ingest, *(dataset for _, dataset in pending), transfer=transfer, skip_existing=True
-            )
+            butler.ingest(*(dataset for _, dataset in pending), transfer=transfer, skip_existing=True)
         except ConflictingDefinitionError:
             # Another process ingested (some of) these data IDs concurrently: fall back to one at a time.
             for index, dataset in pending:
                 ref = dataset.refs[0]
                 found = butler.find_dataset(raw_type, ref.dataId, collections=run)
                 if found is None:
-                    retry_transient(butler.ingest, dataset, transfer=transfer, skip_existing=True)
+                    butler.ingest(dataset, transfer=transfer, skip_existing=True)
                     found = ref
                 refs[index] = found
     return [ref for ref in refs if ref is not None]

@@ -1,4 +1,4 @@
-"""Create and open cpflow's butler repository; collection naming."""
+"""Create and open cpflow's butler repository."""
 
 from __future__ import annotations
 
@@ -13,17 +13,8 @@ from shared.instruments import get_instrument, instrument_names
 
 from .datasets import register_dataset_types
 from .instruments import register_instrument
-from .retry import retry_transient
 
-__all__ = [
-    "SEED_CONFIG",
-    "calib_chain",
-    "create_repository",
-    "open_butler",
-    "raw_collection",
-    "run_collection",
-    "seed_config",
-]
+__all__ = ["SEED_CONFIG", "create_repository", "open_butler", "seed_config"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -82,8 +73,8 @@ def create_repository(root: str | Path, *, registry_db: str | None = None) -> Pa
     butler = _open_when_ready(root) if created_elsewhere else open_butler(root, writeable=True)
     try:
         for name in instrument_names():
-            retry_transient(register_instrument, butler, get_instrument(name))
-        retry_transient(register_dataset_types, butler)
+            register_instrument(butler, get_instrument(name))
+        register_dataset_types(butler)
     finally:
         butler.close()
     return root
@@ -129,56 +120,3 @@ def open_butler(
         The butler; close it (or use it as a context manager) when done.
     """
     return Butler.from_config(str(root), writeable=writeable, run=run, collections=collections)
-
-
-def run_collection(instrument: str, run_id: str, calib_type: str | None = None) -> str:
-    """Name of a run's RUN collection: ``<INSTR>/runs/<run_id>[/<calib_type>]``.
-
-    Parameters
-    ----------
-    instrument : `str`
-        Instrument name.
-    run_id : `str`
-        cpflow run identifier.
-    calib_type : `str`, optional
-        Calibration type for a per-type sub-collection.
-
-    Returns
-    -------
-    name : `str`
-        The collection name.
-    """
-    name = f"{instrument}/runs/{run_id}"
-    return f"{name}/{calib_type}" if calib_type else name
-
-
-def raw_collection(instrument: str) -> str:
-    """Name of the RUN collection holding an instrument's raws: ``<INSTR>/raw/all``.
-
-    Parameters
-    ----------
-    instrument : `str`
-        Instrument name.
-
-    Returns
-    -------
-    name : `str`
-        The collection name.
-    """
-    return f"{instrument}/raw/all"
-
-
-def calib_chain(instrument: str) -> str:
-    """Name of the CHAINED collection of certified calibrations: ``<INSTR>/calib``.
-
-    Parameters
-    ----------
-    instrument : `str`
-        Instrument name.
-
-    Returns
-    -------
-    name : `str`
-        The collection name.
-    """
-    return f"{instrument}/calib"

@@ -282,7 +282,7 @@ def _simulated_pixels(config: RunConfiguration, given: frozenset[str]) -> Iterat
 
 
 def _reserved_collections(instrument: str) -> dict[str, str]:
-    # The names of shared.butler.repo (raw_collection, calib_chain, run_collection), not imported so
+    # The names of shared.butler.collections (raw_collection, calib_chain, run_collection), not imported so
     # that reading a configuration needs no butler; tests/unit/test_identifiers.py checks they agree.
     return {
         f"{instrument}/raw/all": f"holds the {instrument} raws",

@@ -1,4 +1,5 @@
-"""The words a run configuration uses: instruments, cameras, script modes, image types, PTC fit types.
+"""The words a run configuration uses: instruments, cameras, script modes, PTC fit types (and the image
+types of `shared.calibtypes`).
 
 Each vocabulary is a `typing.Literal` (or an enum) that the model's fields are typed with, and the
 tuple of its values that messages and other modules list; the tuple is derived from the type, so the
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Literal, get_args
+
+from shared.calibtypes import IMAGE_TYPES, ImageType
 
 __all__ = [
     "CAMERAS",
@@ -30,10 +33,6 @@ INSTRUMENTS: tuple[str, ...] = get_args(InstrumentName)
 CameraName = Literal["simulated", "sal"]
 CAMERAS: tuple[str, ...] = get_args(CameraName)
 """Camera drivers: cpflow's simulator, or the real camera through SAL."""
-
-ImageType = Literal["BIAS", "DARK", "FLAT"]
-IMAGE_TYPES: tuple[str, ...] = get_args(ImageType)
-"""Image types a run takes, in the order it takes them."""
 
 PtcFitType = Literal["EXPAPPROXIMATION", "FULLCOVARIANCE", "FULLCOVARIANCE_NO_B"]
 PTC_FIT_TYPES: tuple[str, ...] = get_args(PtcFitType)

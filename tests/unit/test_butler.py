@@ -255,10 +255,10 @@ def test_fresh_process_knows_storage_classes(repo: Path) -> None:
     )
 
 
-def test_retry_transient() -> None:
+def test_one_retry_policy_retries_only_transient_errors() -> None:
     import sqlalchemy.exc
 
-    from shared.butler import retry_transient
+    from shared.retry import call_with_retries, retrying
 
     calls = []
 
@@ -268,16 +268,19 @@ def test_retry_transient() -> None:
             raise sqlalchemy.exc.OperationalError("INSERT ...", {}, Exception("database is locked"))
         return x + y
 
-    assert retry_transient(flaky, 1, y=2, first_delay=0.001) == 3
+    assert retrying(5, first_delay=0.001)(flaky, 1, y=2) == 3
     assert len(calls) == 3
 
     def broken() -> None:
+        calls.append(0)
         raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("no such table: foo"))
-
-    with pytest.raises(sqlalchemy.exc.OperationalError):
-        retry_transient(broken, first_delay=0.001)
 
     calls.clear()
     with pytest.raises(sqlalchemy.exc.OperationalError):
-        retry_transient(flaky, 1, y=2, attempts=2, first_delay=0.001)
+        call_with_retries(5, broken)
+    assert len(calls) == 1  # not transient: reported at once
+
+    calls.clear()
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        retrying(2, first_delay=0.001)(flaky, 1, y=2)
     assert len(calls) == 2

@@ -23,8 +23,7 @@ from lsst.daf.butler import Butler, DatasetRef
 from services.acquirer.camera import ExposureRequest
 from services.acquirer.simulated_camera import SimulatedCamera
 from services.generator import generation
-from services.generator.generation import BuildRequest, CalibrationCache, _isr_inputs, load_calibration
-from services.generator.readiness import CalibSource
+from services.generator.generation import BuildRequest, _isr_inputs
 from services.verifier.verification import VerificationRequest, verify_calibration
 from shared.butler import (
     BIAS,
@@ -35,8 +34,10 @@ from shared.butler import (
     open_butler,
     raw_collection,
 )
+from shared.butler.calibrations import CalibrationCache, load_calibration
 from shared.images import CalibImage
 from shared.instruments import get_instrument
+from shared.records import CalibSource
 from shared.runconfig import validate_run_configuration
 
 INSTRUMENT = "LATISS"
@@ -140,7 +141,7 @@ def _expected(repo: Repo) -> list[float]:
     return [BIAS_VALUES[0]] * half + [BIAS_VALUES[1]] * (N_EXPOSURES - half)
 
 
-CERTIFIED = CalibSource("bias", "certified", (CALIB_COLLECTION,))
+CERTIFIED = CalibSource(calib_type="bias", kind="certified", collections=(CALIB_COLLECTION,))
 
 
 def test_cache_finds_the_bias_valid_at_each_exposure_and_reads_each_once(
@@ -219,7 +220,7 @@ def test_external_verification_reads_each_certified_bias_once(
 
 def test_no_certified_bias_at_the_exposure(repo: Repo, butler: Butler) -> None:
     """The error names the type, instrument, detector, exposure and collections, as before."""
-    source = CalibSource("bias", "certified", (EARLY_ONLY,))
+    source = CalibSource(calib_type="bias", kind="certified", collections=(EARLY_ONLY,))
     cache = CalibrationCache(butler)
     assert float(np.unique(cache.get(source, INSTRUMENT, 0, repo.exposures[0]).image).item()) == 50.0
     late = repo.exposures[-1]
@@ -228,7 +229,9 @@ def test_no_certified_bias_at_the_exposure(repo: Repo, butler: Butler) -> None:
     assert str(excinfo.value) == (
         f"no bias for LATISS detector 0 valid at exposure {late} in {EARLY_ONLY}: DatasetNotFoundError"
     )
-    missing = CalibSource("bias", "certified", ("LATISS/calib/nothing", "LATISS/calib/none"))
+    missing = CalibSource(
+        calib_type="bias", kind="certified", collections=("LATISS/calib/nothing", "LATISS/calib/none")
+    )
     with pytest.raises(
         LookupError, match="none of the collections LATISS/calib/nothing, LATISS/calib/none exists"
     ):

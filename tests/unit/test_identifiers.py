@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from lsst.daf.butler.column_spec import COLLECTION_NAME_MAX_LENGTH
 
-from cpflow.cli import new_run_id
-from shared.butler.repo import calib_chain, raw_collection, run_collection
+from cpflow.submission import new_run_id
+from shared.butler.collections import calib_chain, raw_collection, run_collection
 from shared.identifiers import (
     MAX_COLLECTION_NAME_LENGTH,
     safe_child,

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from services.verifier.cosmic_rays import TooManyCosmicRays, find_and_repair
 from services.verifier.decision import decide
 from services.verifier.statistics import (
     INFORMATIONAL_TESTS,
@@ -24,6 +23,7 @@ from services.verifier.statistics import (
     verify_flat_amplifiers,
     verify_flat_detector,
 )
+from shared.cosmic_rays import TooManyCosmicRays, find_and_repair
 from shared.images import CalibImage, MaskPlane
 
 AMP_SHAPE = (100, 80)
