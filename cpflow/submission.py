@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cpflow.topics_reader import publish_event, wait_for_final_status
-from shared.events import RunRequested, RunStatus
+from shared.events import RunRequested
 from shared.runconfig import RunConfiguration, load_run_document
 from shared.settings import Settings
 from shared.topics import Topics
@@ -58,20 +58,8 @@ def submit_run(settings: Settings, path: str | Path) -> tuple[str, RunConfigurat
         config=document,
         submitted_by=f"{getpass.getuser()}@{socket.gethostname()}",
     )
-    submitted = RunStatus(
-        run_id=run_id,
-        causation_id=request.event_id,
-        producer="cli",
-        state="SUBMITTED",
-        stage="submit",
-        message=f"{config.script_mode} on {config.instrument} submitted",
-    )
-
-    async def publish() -> None:
-        await publish_event(settings.kafka_bootstrap, topics.run_requested, request)
-        await publish_event(settings.kafka_bootstrap, topics.run_status, submitted)
-
-    asyncio.run(publish())
+    # The operator writes only run.requested (cpflow.access); the acquirer reports the run's states.
+    asyncio.run(publish_event(settings.kafka_bootstrap, topics.run_requested, request))
     return run_id, config
 
 

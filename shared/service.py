@@ -95,7 +95,7 @@ class ServiceContext:
 
     @property
     def group_id(self) -> str:
-        return f"cpflow-{self.name}"
+        return self.settings.group_id(self.name)
 
     # -- the contract: what this service consumes and publishes
 

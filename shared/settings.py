@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         """The settings of this process's environment (see `load_settings`)."""
         return load_settings()
 
+    def group_id(self, service: str) -> str:
+        """The consumer group of ``service``: ``cpflow-<service>``, or ``<prefix>-<service>`` for
+        another topic prefix (a sandbox's services never join production's groups)."""
+        return f"{self.topic_prefix or 'cpflow'}-{service}"
+
     @property
     def http_ports(self) -> dict[str, int]:
         """Each service's HTTP port for /metrics, /healthz and /readyz."""

@@ -1,0 +1,76 @@
+"""Who may do what on the broker: one principal per service and one for operators, derived from code.
+
+Each service's principal may read exactly the topics its handlers subscribe to, write exactly the
+topics it declares it publishes, and use only its own consumer group; the table is read from the
+services' ``register`` functions (`shared.service.service_topics`), never restated. The operator
+(the ``cpflow`` CLI) may submit runs (write ``run.requested``) and read every topic. The local
+broker's users and ACLs (`cpflow.kafka_local`) and the Kubernetes KafkaUsers (``k8s/``) are both
+made from `principals`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from shared.service import service_topics
+from shared.settings import SERVICE_NAMES, Settings
+from shared.topics import Topics
+
+__all__ = ["OPERATOR", "Principal", "principals"]
+
+OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A Kafka user and what it may do.
+
+    Attributes
+    ----------
+    name : `str`
+        The role: a service name, or ``operator``.
+    username : `str`
+        The SCRAM user name (``cpflow-<role>``).
+    reads : `tuple` [`str`, ...]
+        Topics it may read.
+    writes : `tuple` [`str`, ...]
+        Topics it may write.
+    group : `str` or `None`
+        The one consumer group it may use (`None`: it reads without a group, as the CLI does).
+    """
+
+    name: str
+    username: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    group: str | None
+
+
+def principals(settings: Settings | None = None) -> list[Principal]:
+    """Every principal of a deployment with ``settings``' topic prefix, services first."""
+    settings = settings or Settings(topic_prefix="cpflow")
+    found: list[Principal] = []
+    for name in SERVICE_NAMES:
+        module = importlib.import_module(f"services.{name}.app")
+        consumes, publishes = service_topics(name, module.register, settings)
+        found.append(
+            Principal(
+                name=name,
+                username=f"cpflow-{name}",
+                reads=tuple(consumes),
+                writes=tuple(publishes),
+                group=settings.group_id(name),
+            )
+        )
+    topics = Topics(settings.topic_prefix)
+    found.append(
+        Principal(
+            name=OPERATOR,
+            username=f"cpflow-{OPERATOR}",
+            reads=tuple(topics.all()),
+            writes=(topics.run_requested,),
+            group=None,
+        )
+    )
+    return found
