@@ -24,6 +24,8 @@ from shared.records import (
 )
 
 __all__ = [
+    "DEAD_LETTER_EXCERPT_CHARS",
+    "DEAD_LETTER_INLINE_BYTES",
     "SCHEMA_VERSION",
     "CalibCertified",
     "CalibGenerated",
@@ -146,8 +148,20 @@ class RunStatus(Event):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+DEAD_LETTER_INLINE_BYTES = 256 * 1024
+"""Largest payload a dead letter carries whole (base64 makes it 4/3 larger); a larger one is kept
+by reference (`DeadLetter.payload_ref`), so a dead letter always fits the broker's 1 MiB limit."""
+DEAD_LETTER_EXCERPT_CHARS = 4096
+"""Characters of a UTF-8 payload shown as text in a dead letter."""
+
+
 class DeadLetter(BaseModel):
-    """A message a service could not decode or process, with everything needed to replay it."""
+    """A message a service could not decode or process, with what is needed to replay it.
+
+    The payload is carried once: whole in ``payload_base64`` up to `DEAD_LETTER_INLINE_BYTES`,
+    otherwise kept by reference (``payload_ref``) with its size and SHA-256; ``payload_text`` is
+    a bounded excerpt for reading.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -161,9 +175,22 @@ class DeadLetter(BaseModel):
     origin_partition: int
     origin_offset: int
     key: str | None = None
-    payload_base64: str = Field(description="The original message bytes, base64-encoded.")
+    payload_size: int = Field(description="Size of the original message value in bytes.")
+    payload_sha256: str = Field(description="SHA-256 of the original message value (hex).")
+    payload_base64: str | None = Field(
+        default=None, description="The original bytes, base64-encoded, when they fit inline."
+    )
+    payload_ref: str | None = Field(
+        default=None, description="Where the whole payload is kept when it is too large to carry inline."
+    )
     payload_text: str | None = Field(
-        default=None, description="The original bytes as UTF-8 text, if they are."
+        default=None, description="The start of the original bytes as UTF-8 text, if they are text."
     )
     error_type: str
     error: str
+
+    def payload(self) -> bytes | None:
+        """The original bytes when this letter carries them whole (else see ``payload_ref``)."""
+        import base64
+
+        return None if self.payload_base64 is None else base64.b64decode(self.payload_base64)

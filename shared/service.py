@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -44,7 +46,14 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from pydantic import BaseModel
 
 from shared.butler.factory import ButlerFactory
-from shared.events import DeadLetter, Event, RunState, RunStatus
+from shared.events import (
+    DEAD_LETTER_EXCERPT_CHARS,
+    DEAD_LETTER_INLINE_BYTES,
+    DeadLetter,
+    Event,
+    RunState,
+    RunStatus,
+)
 from shared.logs import get_logger
 from shared.metrics import Metrics
 from shared.retry import is_transient, retrying
@@ -205,27 +214,55 @@ class ServiceContext:
 
     # -- dead letters
 
-    async def dead_letter(self, raw: Any, body: bytes, exc: BaseException) -> None:
-        """Send an undecodable or unprocessable message to the dead-letter topic."""
+    def letter_for(self, raw: Any, body: bytes, exc: BaseException) -> DeadLetter:
+        """The dead letter of a message: its origin, the error, and the payload once (bounded)."""
         topic = getattr(raw, "topic", "unknown")
         key_bytes = getattr(raw, "key", None)
-        key = key_bytes.decode(errors="replace") if isinstance(key_bytes, bytes) else None
+        key = key_bytes.decode(errors="replace")[:256] if isinstance(key_bytes, bytes) else None
+        digest = hashlib.sha256(body).hexdigest()
+        inline = len(body) <= DEAD_LETTER_INLINE_BYTES
+        ref = None if inline else self._keep_payload(body, digest)
         try:
-            text: str | None = body.decode()
+            text: str | None = body[: 4 * DEAD_LETTER_EXCERPT_CHARS].decode()[:DEAD_LETTER_EXCERPT_CHARS]
         except UnicodeDecodeError:
             text = None
-        letter = DeadLetter(
+        return DeadLetter(
             producer=self.name,
             run_id=key,
             origin_topic=topic,
             origin_partition=int(getattr(raw, "partition", -1)),
             origin_offset=int(getattr(raw, "offset", -1)),
             key=key,
-            payload_base64=base64.b64encode(body).decode(),
+            payload_size=len(body),
+            payload_sha256=digest,
+            payload_base64=base64.b64encode(body).decode() if inline else None,
+            payload_ref=ref,
             payload_text=text,
             error_type=type(exc).__name__,
-            error=str(exc)[:20_000],
+            error=str(exc)[:4000],
         )
+
+    def _keep_payload(self, body: bytes, digest: str) -> str | None:
+        """Keep a payload too large to carry inline under the state directory; its path, or `None`."""
+        directory = self.settings.home / "deadletters"
+        path = directory / f"{digest}.bin"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                partial = path.with_suffix(f".{os.getpid()}.tmp")
+                partial.write_bytes(body)
+                partial.replace(path)
+        except OSError as error:
+            self.log.error(
+                "cannot keep a dead letter's payload", extra={"path": str(path), "error": str(error)}
+            )
+            return None
+        return str(path)
+
+    async def dead_letter(self, raw: Any, body: bytes, exc: BaseException) -> None:
+        """Send an undecodable or unprocessable message to the dead-letter topic."""
+        letter = self.letter_for(raw, body, exc)
+        topic, key, key_bytes = letter.origin_topic, letter.key, getattr(raw, "key", None)
         await self.broker.publish(
             letter.model_dump(mode="json"),
             self.topics.deadletter,
