@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from shared.calibtypes import ImageType
 from shared.records import (
     CertificationRecord,
+    CollectionName,
+    Detectors,
+    Exposures,
     GenerationRecord,
     Outcome,
+    RunId,
     VerificationRecord,
     VerificationSummary,
+    check_detectors,
 )
+from shared.runconfig.vocabulary import InstrumentName
 
 __all__ = [
     "DEAD_LETTER_EXCERPT_CHARS",
     "DEAD_LETTER_INLINE_BYTES",
+    "EVENT_OF_TOPIC",
     "SCHEMA_VERSION",
     "CalibCertified",
     "CalibGenerated",
@@ -34,10 +41,13 @@ __all__ = [
     "Event",
     "FramesAcquired",
     "Outcome",
+    "RunCancelRequested",
+    "RunRequest",
     "RunRequested",
     "RunState",
     "RunStatus",
     "VerificationSummary",
+    "parse_event",
 ]
 
 SCHEMA_VERSION = 2
@@ -60,11 +70,17 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    event_id: str = Field(default_factory=_new_id, description="Unique id of this event (UUID4).")
-    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of the event schema.")
-    run_id: str = Field(description="The run this event belongs to; also the Kafka message key.")
-    causation_id: str | None = Field(default=None, description="event_id of the event that caused this one.")
-    producer: str = Field(description="Service (or CLI) that produced the event.")
+    event_id: str = Field(
+        default_factory=_new_id, max_length=64, description="Unique id of this event (UUID4)."
+    )
+    schema_version: int = Field(
+        default=SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION, description="Version of the event schema."
+    )
+    run_id: RunId = Field(description="The run this event belongs to; also the Kafka message key.")
+    causation_id: str | None = Field(
+        default=None, max_length=64, description="event_id of the event that caused this one."
+    )
+    producer: str = Field(max_length=64, description="Service (or CLI) that produced the event.")
     time: datetime = Field(default_factory=_now, description="When the event was produced (UTC).")
 
     def caused(self, **kwargs: Any) -> dict[str, Any]:
@@ -80,19 +96,36 @@ class RunRequested(Event):
     submitted_by: str = Field(default="unknown", description="Who submitted the run (user@host).")
 
 
+class RunCancelRequested(Event):
+    """An operator asks to stop a run: no more frames are taken, and the run ends FAILED."""
+
+    type: Literal["run.cancel"] = "run.cancel"
+    reason: str = Field(default="cancelled by an operator", max_length=1000)
+    requested_by: str = Field(default="unknown", max_length=256, description="Who asked (user@host).")
+
+
+RunRequest = Annotated[RunRequested | RunCancelRequested, Field(discriminator="type")]
+"""What the ``run.requested`` topic carries: a run to take, or a run to cancel."""
+
+
 class FramesAcquired(Event):
     """All frames of one image type were taken and ingested as ``raw`` (or acquisition failed)."""
 
     type: Literal["frames.acquired"] = "frames.acquired"
-    instrument: str
+    instrument: InstrumentName
     image_type: ImageType
-    detectors: list[int]
-    exposures: list[int] = Field(default_factory=list, description="Kept exposure ids, in order.")
-    discarded: list[int] = Field(default_factory=list, description="Leading exposures dropped (n_discard_X).")
-    physical_filter: str | None = None
-    raw_collection: str | None = None
+    detectors: Detectors
+    exposures: Exposures = Field(default_factory=list, description="Kept exposure ids, in order.")
+    discarded: Exposures = Field(default_factory=list, description="Leading exposures dropped (n_discard_X).")
+    physical_filter: str | None = Field(default=None, max_length=64)
+    raw_collection: CollectionName | None = None
     outcome: Outcome = "ok"
     reason: str | None = None
+
+    @model_validator(mode="after")
+    def _detectors_of_the_instrument(self) -> FramesAcquired:
+        check_detectors(self.instrument, self.detectors)
+        return self
 
 
 class CalibGenerated(GenerationRecord, Event):
@@ -146,6 +179,32 @@ class RunStatus(Event):
     errors: list[str] = Field(default_factory=list, description="Why a run was rejected or failed.")
     progress: dict[str, int] | None = Field(default=None, description="e.g. {'done': 5, 'total': 21}.")
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+EVENT_OF_TOPIC: dict[str, TypeAdapter[Any]] = {
+    "run.requested": TypeAdapter(RunRequest),
+    "frames.acquired": TypeAdapter(FramesAcquired),
+    "calib.generated": TypeAdapter(CalibGenerated),
+    "calib.verified": TypeAdapter(CalibVerified),
+    "calib.certified": TypeAdapter(CalibCertified),
+    "run.status": TypeAdapter(RunStatus),
+}
+"""The events each run topic carries (by topic suffix)."""
+
+
+def parse_event(topic_suffix: str, body: bytes) -> Event | None:
+    """The event ``body`` is on topic ``topic_suffix``, or `None` if it is not a valid one.
+
+    Never raises for bad input (bad JSON, wrong types, nesting too deep, unknown topic).
+    """
+    adapter = EVENT_OF_TOPIC.get(topic_suffix)
+    if adapter is None:
+        return None
+    try:
+        event: Event = adapter.validate_json(body)
+        return event
+    except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
+        return None
 
 
 DEAD_LETTER_INLINE_BYTES = 256 * 1024
