@@ -62,6 +62,24 @@ class Metrics:
             ["topic"],
             registry=registry,
         )
+        self.dead_letter_failures = Counter(
+            "cpflow_dead_letter_failures",
+            "Messages given up because they could not be dead-lettered either (they are committed).",
+            ["topic"],
+            registry=registry,
+        )
+        self.untrusted_events = Counter(
+            "cpflow_untrusted_events",
+            "Events whose claim the butler does not hold (no record, or a record that disagrees); "
+            "the service acts on the butler's record, never on the claim.",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self.readiness_checks = Counter(
+            "cpflow_readiness_checks",
+            "Readiness checks run against the broker and the butler (answers are cached in between).",
+            registry=registry,
+        )
         self.transient_retries = Counter(
             "cpflow_transient_retries",
             "Retries of a step after a transient error (butler database, broker, camera).",

@@ -21,8 +21,9 @@ from services.certifier.certification import (
     run_outcomes,
 )
 from shared.butler import datasets
-from shared.butler.runrecords import expected_calib_types, load_run_config, write_record
+from shared.butler.runrecords import expected_calib_types, load_run_config, read_record, write_record
 from shared.events import CalibCertified, CalibVerified
+from shared.records import VerificationRecord
 from shared.service import ServiceContext, create_service
 from shared.settings import Settings
 
@@ -44,8 +45,17 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
     )
     async def on_calib_verified(event: CalibVerified) -> None:
         run_id, calib_type, instrument = event.run_id, event.calib_type, event.instrument
+        # The verdict is the verifier's record, whatever the event says (a forged PASSED certifies nothing).
+        verification = await ctx.recorded(
+            "certify",
+            event,
+            ctx.topics.calib_verified,
+            lambda butler: read_record(butler, VerificationRecord, instrument, run_id, calib_type),
+            claim=event.record(),
+        )
+        if verification is None:
+            return
         config = await ctx.with_butler("certify", load_run_config, instrument, run_id, run_id=run_id)
-        verification = event.record()
         decided = outcome_without_certification(verification)
         if decided is None:
             begin, end = config.certify_timespan_bounds
@@ -60,6 +70,7 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
                     config.calib_collection,
                     begin,
                     end,
+                    dataset_ids=set(verification.dataset_ids.values()),
                     run_id=run_id,
                 )
             except (CertificationConflict, LookupError) as exc:

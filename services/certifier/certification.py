@@ -53,8 +53,12 @@ def certify_type(
     calib_collection: str,
     begin: datetime,
     end: datetime,
+    dataset_ids: set[str] | None = None,
 ) -> CertificationResult:
-    """Certify every ``calib_type`` dataset of the run into ``calib_collection`` for [begin, end).
+    """Certify the run's ``calib_type`` datasets into ``calib_collection`` for [begin, end).
+
+    With ``dataset_ids``, only those (the ones the verifier's record names) are certified, and each
+    must be in the run's collection; without, every dataset of the type in that collection.
 
     Raises
     ------
@@ -66,6 +70,11 @@ def certify_type(
     dataset_type = DATASET_TYPE_OF[calib_type]
     collection = type_collection(instrument, run_id, calib_type)
     refs = butler.query_datasets(dataset_type, collections=[collection], instrument=instrument, explain=False)
+    if dataset_ids:
+        refs = [ref for ref in refs if str(ref.id) in dataset_ids]
+        missing = dataset_ids - {str(ref.id) for ref in refs}
+        if missing:
+            raise LookupError(f"{len(missing)} verified {dataset_type} dataset(s) are not in {collection}")
     if not refs:
         raise LookupError(f"no {dataset_type} datasets in {collection} to certify")
     ensure_calibration_collection(butler, instrument, calib_collection)

@@ -28,17 +28,17 @@ from services.generator.readiness import (
     follow_ups,
     load_snapshot,
     next_step,
-    skipped_by_failed_frames,
     skipped_record,
     triggered_by_frames,
+    types_from_frames,
 )
 from shared.butler import datasets
 from shared.butler.collections import type_collection
-from shared.butler.runrecords import load_run_config, write_record
+from shared.butler.runrecords import load_run_config, read_record, write_record
 from shared.calibtypes import image_type_of
 from shared.events import CalibGenerated, CalibVerified, Event, FramesAcquired
 from shared.instruments import get_instrument
-from shared.records import GenerationRecord
+from shared.records import AcquisitionManifest, GenerationRecord
 from shared.runconfig import RunConfiguration
 from shared.service import ServiceContext, create_service
 from shared.settings import Settings
@@ -63,27 +63,28 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
         description="Frames of one image type are in; or a prerequisite calibration was verified.",
     )
     async def on_trigger(event: Trigger) -> None:
-        config = await ctx.with_butler(
-            "generate", load_run_config, event.instrument, event.run_id, run_id=event.run_id
-        )
+        run_id = event.run_id
+        config = await ctx.with_butler("generate", load_run_config, event.instrument, run_id, run_id=run_id)
         chain = Chain(ctx, event, config)
         if isinstance(event, CalibVerified):
+            # The chain reads the verdicts from the butler: a forged verdict only makes it look.
             await chain.walk(dependants(event.calib_type, config))
-        elif event.outcome != "ok":
+            return
+        manifest = await ctx.recorded(
+            "generate",
+            event,
+            ctx.topics.frames_acquired,
+            lambda butler: read_record(
+                butler, AcquisitionManifest, config.instrument, run_id, event.image_type
+            ),
+        )
+        if manifest is None:
+            return
+        if manifest.outcome != "ok":
             # Every type built from these frames is skipped with the acquisition's reason.
-            for calib_type in skipped_by_failed_frames(config, event.image_type):
-                record = skipped_record(
-                    config,
-                    calib_type,
-                    event.reason,
-                    detectors=event.detectors,
-                    exposures=event.exposures,
-                    image_type=image_type_of(calib_type),
-                )
-                await chain.finish(record)
-                await chain.walk(follow_ups(config, record))
+            await chain.walk(types_from_frames(config, event.image_type))
         elif not config.generate_calibrations:
-            await chain.announce(chain.external_record(event))
+            await chain.finish(chain.external_record(manifest))
         else:
             await chain.walk(triggered_by_frames(config, event.image_type), republish_first=True)
 
@@ -206,15 +207,15 @@ class Chain:
             }
         )
 
-    def external_record(self, event: FramesAcquired) -> GenerationRecord:
+    def external_record(self, manifest: AcquisitionManifest) -> GenerationRecord:
         """External verification: nothing is built; the verifier checks the frames against these."""
-        calib_type = event.image_type.lower()
+        calib_type = manifest.image_type.lower()
         return GenerationRecord(
-            instrument=event.instrument,
+            instrument=self.config.instrument,
             calib_type=calib_type,
-            image_type=event.image_type,
-            detectors=event.detectors,
-            exposures=event.exposures,
+            image_type=manifest.image_type,
+            detectors=manifest.detectors,
+            exposures=manifest.exposures,
             generated=False,
             reference_collections=self.config.input_collections_verify(calib_type),
         )

@@ -31,9 +31,9 @@ __all__ = [
     "follow_ups",
     "load_snapshot",
     "next_step",
-    "skipped_by_failed_frames",
     "skipped_record",
     "triggered_by_frames",
+    "types_from_frames",
     "usable_state",
 ]
 
@@ -107,6 +107,8 @@ def next_step(config: RunConfiguration, run_id: str, snapshot: ChainSnapshot, ca
     manifest = snapshot.manifests.get(frames)
     if manifest is None:
         return Step(calib_type, "wait", f"{frames} frames are not in yet")
+    if manifest.outcome != "ok":
+        return Step(calib_type, "skip", manifest.reason or f"no {frames} frames", manifest=manifest)
     run_types = {t.lower() for t in config.image_types}
     certified = (config.calib_collection, *config.input_collections(calib_type))
     sources: dict[str, CalibSource] = {}
@@ -153,8 +155,8 @@ def triggered_by_frames(config: RunConfiguration, image_type: str) -> list[str]:
     return tried
 
 
-def skipped_by_failed_frames(config: RunConfiguration, image_type: str) -> list[str]:
-    """The run's types built from the frames of ``image_type``: all skipped when acquisition failed."""
+def types_from_frames(config: RunConfiguration, image_type: str) -> list[str]:
+    """The run's types built from the frames of ``image_type`` (all skipped when there are none)."""
     return [t for t in expected_calib_types(config) if FRAMES_OF[t] == image_type]
 
 

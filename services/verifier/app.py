@@ -20,10 +20,10 @@ from services.verifier.verification import (
     verify_calibration,
 )
 from shared.butler import datasets
-from shared.butler.runrecords import load_run_config, write_record
+from shared.butler.runrecords import load_run_config, wait_for_record, write_record
 from shared.events import CalibGenerated, CalibVerified
 from shared.instruments import get_instrument
-from shared.records import VerificationRecord
+from shared.records import GenerationRecord, VerificationRecord
 from shared.service import ServiceContext, create_service
 from shared.settings import Settings
 
@@ -61,8 +61,17 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
         description="A calibration to verify (or a generation failure to pass on).",
     )
     async def on_calib_generated(event: CalibGenerated) -> None:
-        generation = event.record()
         run_id, calib_type = event.run_id, event.calib_type
+        # What was generated is what the generator recorded (it records just after announcing).
+        generation = await ctx.recorded(
+            "verify",
+            event,
+            ctx.topics.calib_generated,
+            lambda butler: wait_for_record(butler, GenerationRecord, event.instrument, run_id, calib_type),
+            claim=event.record(),
+        )
+        if generation is None:
+            return
         config = await ctx.with_butler("verify", load_run_config, event.instrument, run_id, run_id=run_id)
         untested = verdict_without_tests(generation, config.do_verify)
         if untested is not None:

@@ -320,6 +320,7 @@ def verification_base(generation: GenerationRecord) -> dict[str, Any]:
         "exposures": generation.exposures,
         "generated": generation.generated,
         "collection": generation.collection,
+        "dataset_ids": generation.dataset_ids,
     }
 
 

@@ -22,6 +22,8 @@ __all__ = [
     "PTC",
     "RAW",
     "RAW_STORAGE_CLASS",
+    "RUN_ACCEPTED",
+    "RUN_CANCELLED",
     "RUN_CONFIG",
     "STRUCTURED_STORAGE_CLASS",
     "TABLE_STORAGE_CLASS",
@@ -50,6 +52,10 @@ ACQUISITION_MANIFEST = "cpflowAcquisitionManifest"
 CALIB_OUTCOME = "cpflowCalibOutcome"
 GENERATION_RECORD = "cpflowGeneration"
 """What the generator did for one calibration type of a run (built, skipped and why, gains)."""
+RUN_ACCEPTED = "cpflowRunAccepted"
+"""When a run was accepted and until when its acquisition may be resumed."""
+RUN_CANCELLED = "cpflowRunCancelled"
+"""Who cancelled a run, and when."""
 VERIFICATION_RECORD = "cpflowVerification"
 """The verification verdict of one calibration type of a run, with the decision's summary."""
 
@@ -141,7 +147,15 @@ def dataset_types(universe: DimensionUniverse) -> list[DatasetType]:
         )
         result.append(make(verify_stats(calib_type), ("instrument",), STRUCTURED_STORAGE_CLASS))
         result.append(make(verify_results(calib_type), ("instrument",), TABLE_STORAGE_CLASS))
-    for name in (RUN_CONFIG, ACQUISITION_MANIFEST, CALIB_OUTCOME, GENERATION_RECORD, VERIFICATION_RECORD):
+    for name in (
+        RUN_CONFIG,
+        RUN_ACCEPTED,
+        RUN_CANCELLED,
+        ACQUISITION_MANIFEST,
+        CALIB_OUTCOME,
+        GENERATION_RECORD,
+        VERIFICATION_RECORD,
+    ):
         result.append(make(name, ("instrument",), STRUCTURED_STORAGE_CLASS))
     return result
 

@@ -8,12 +8,20 @@ once: writing it again keeps the first (idempotent under redelivery).
 
 from __future__ import annotations
 
+import time
 from typing import Any, TypeVar
 
 from lsst.daf.butler import Butler, CollectionType, DatasetRef, MissingCollectionError
 from pydantic import BaseModel
 
-from shared.records import AcquisitionManifest, CalibOutcome, GenerationRecord, VerificationRecord
+from shared.records import (
+    AcquisitionManifest,
+    CalibOutcome,
+    GenerationRecord,
+    RunAccepted,
+    RunCancelled,
+    VerificationRecord,
+)
 from shared.runconfig import RunConfiguration, validate_run_configuration
 
 from . import datasets
@@ -21,12 +29,14 @@ from .collections import run_collection, type_collection
 
 __all__ = [
     "RECORD_DATASET_TYPES",
+    "differences",
     "expected_calib_types",
     "find_record",
     "load_run_config",
     "put_record",
     "read_record",
     "store_run_config",
+    "wait_for_record",
     "write_record",
 ]
 
@@ -37,6 +47,8 @@ RECORD_DATASET_TYPES: dict[type[BaseModel], str] = {
     GenerationRecord: datasets.GENERATION_RECORD,
     VerificationRecord: datasets.VERIFICATION_RECORD,
     CalibOutcome: datasets.CALIB_OUTCOME,
+    RunAccepted: datasets.RUN_ACCEPTED,
+    RunCancelled: datasets.RUN_CANCELLED,
 }
 """The dataset type each kind of per-type record is stored as."""
 
@@ -60,24 +72,62 @@ def put_record(
     return butler.put(payload, dataset_type, instrument=instrument, run=collection)
 
 
-def read_record(butler: Butler, model: type[R], instrument: str, run_id: str, type_name: str) -> R | None:
-    """The ``model`` record of one calibration (or image) type of a run, or `None`."""
+def _collection(instrument: str, run_id: str, type_name: str | None) -> str:
+    return (
+        run_collection(instrument, run_id)
+        if type_name is None
+        else type_collection(instrument, run_id, type_name)
+    )
+
+
+def read_record(
+    butler: Butler, model: type[R], instrument: str, run_id: str, type_name: str | None
+) -> R | None:
+    """The ``model`` record of one calibration (or image) type of a run (`None`: of the run), or `None`."""
     ref = find_record(
-        butler, RECORD_DATASET_TYPES[model], instrument, type_collection(instrument, run_id, type_name)
+        butler, RECORD_DATASET_TYPES[model], instrument, _collection(instrument, run_id, type_name)
     )
     return None if ref is None else model.model_validate(butler.get(ref))
 
 
+def wait_for_record(
+    butler: Butler,
+    model: type[R],
+    instrument: str,
+    run_id: str,
+    type_name: str,
+    timeout: float = 10.0,
+    interval: float = 0.25,
+) -> R | None:
+    """`read_record`, waiting up to ``timeout`` seconds for a record that is about to be written.
+
+    A stage publishes its event before it writes its record (so that a crash in between repeats
+    the event instead of losing it): the next stage may see the event a moment before the record.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        record = read_record(butler, model, instrument, run_id, type_name)
+        if record is not None or time.monotonic() >= deadline:
+            return record
+        time.sleep(interval)
+
+
+def differences(claimed: BaseModel, recorded: BaseModel) -> list[str]:
+    """The fields in which an event's claim differs from the butler's record (empty: they agree)."""
+    ours, theirs = recorded.model_dump(mode="json"), claimed.model_dump(mode="json")
+    return sorted(name for name in ours if ours[name] != theirs.get(name))
+
+
 def write_record(
-    butler: Butler, record: BaseModel, instrument: str, run_id: str, type_name: str
+    butler: Butler, record: BaseModel, instrument: str, run_id: str, type_name: str | None
 ) -> DatasetRef:
-    """Store ``record`` for one calibration (or image) type of a run, once."""
+    """Store ``record`` for one calibration (or image) type of a run (`None`: for the run), once."""
     return put_record(
         butler,
         record.model_dump(mode="json"),
         RECORD_DATASET_TYPES[type(record)],
         instrument,
-        type_collection(instrument, run_id, type_name),
+        _collection(instrument, run_id, type_name),
     )
 
 

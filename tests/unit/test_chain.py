@@ -23,9 +23,9 @@ from services.generator.readiness import (
     dependants,
     follow_ups,
     next_step,
-    skipped_by_failed_frames,
     skipped_record,
     triggered_by_frames,
+    types_from_frames,
 )
 from shared.records import (
     AcquisitionManifest,
@@ -161,8 +161,8 @@ def test_what_each_event_makes_worth_trying() -> None:
     assert triggered_by_frames(full, "BIAS") == ["bias"]
     assert triggered_by_frames(full, "FLAT") == ["flat", "defects", "ptc"]
     assert triggered_by_frames(config(do_ptc=False), "FLAT") == ["flat", "defects", "gain"]
-    assert skipped_by_failed_frames(full, "FLAT") == ["flat", "defects", "ptc"]
-    assert skipped_by_failed_frames(full, "DARK") == ["dark"]
+    assert types_from_frames(full, "FLAT") == ["flat", "defects", "ptc"]
+    assert types_from_frames(full, "DARK") == ["dark"]
     assert dependants("bias", full) == ["dark", "flat", "ptc"]
     assert dependants("dark", full) == ["flat", "defects", "ptc"]
     # With verification a built type waits for its verdict; a failure stops its dependants now.
@@ -336,11 +336,12 @@ def test_external_verification_and_gains_succeed_without_certification() -> None
 
 
 def test_certification_outcomes() -> None:
+    dataset = "0b6d9a4e-2f0c-4d7e-9a51-3c2b8e1f4a77"
     result = CertificationResult(
-        "certified", {"0": "id-0"}, "2026-01-01T00:00:00.000", "2027-01-01T00:00:00.000"
+        "certified", {"0": dataset}, "2026-01-01T00:00:00.000", "2027-01-01T00:00:00.000"
     )
     outcome, report = outcome_of_certification(verification(), "LATISS/calib/test", result)
-    assert outcome.success and outcome.certified and report.certified and report.dataset_ids == {"0": "id-0"}
+    assert outcome.success and outcome.certified and report.certified and report.dataset_ids == {"0": dataset}
     assert outcome.summary == (
         "bias certified into LATISS/calib/test for [2026-01-01T00:00:00.000, 2027-01-01T00:00:00.000)"
     )
