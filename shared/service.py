@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -44,8 +45,10 @@ from faststream.specification import AsyncAPI
 from lsst.daf.butler import Butler
 from prometheus_client import CollectorRegistry, make_asgi_app
 from pydantic import BaseModel
+from tenacity import AsyncRetrying, stop_after_attempt, wait_fixed
 
 from shared.butler.factory import ButlerFactory
+from shared.butler.runrecords import differences
 from shared.events import (
     DEAD_LETTER_EXCERPT_CHARS,
     DEAD_LETTER_INLINE_BYTES,
@@ -53,7 +56,9 @@ from shared.events import (
     Event,
     RunState,
     RunStatus,
+    parse_event,
 )
+from shared.kafka_access import connection_for
 from shared.logs import get_logger
 from shared.metrics import Metrics
 from shared.retry import is_transient, retrying
@@ -70,6 +75,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
 VERSION = "0.1.0"
 
 READY_CACHE_SECONDS = 5.0
@@ -94,6 +100,11 @@ class ServiceContext:
     ready_checks: list[Callable[[Butler], object]] = field(default_factory=list)
     consumes: list[str] = field(default_factory=list)
     publishes: list[str] = field(default_factory=list)
+    on_startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Run once the broker is connected (e.g. resume work recorded in the butler)."""
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Run when the app stops, before the broker closes."""
+    consumer: ConsumerProgress = field(default_factory=lambda: ConsumerProgress(), init=False, repr=False)
     _ready_cache: tuple[float, list[str]] | None = field(default=None, init=False, repr=False)
     _ready_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _probe_executor: ThreadPoolExecutor = field(
@@ -212,6 +223,38 @@ class ServiceContext:
 
         return await self.run_blocking(stage, call, *args, run_id=run_id, **kwargs)
 
+    # -- the butler is the authority, events are hints
+
+    async def recorded(
+        self,
+        stage: str,
+        event: Event,
+        topic: str,
+        read: Callable[[Butler], R | None],
+        claim: BaseModel | None = None,
+    ) -> R | None:
+        """What the butler records for the claim of ``event``, read with ``read(butler)``.
+
+        An event only says "look": the handler acts on the record this returns. When the butler
+        holds none (a forged or stray event), or one that disagrees with ``claim``, that is
+        reported (WARNING log, ``cpflow_untrusted_events_total``); `None` means: nothing to do.
+        """
+        record = await self.with_butler(stage, read, run_id=event.run_id)
+        extra = {"run_id": event.run_id, "topic": topic, "event_id": event.event_id}
+        if record is None:
+            self.metrics.untrusted_events.labels(topic=topic, reason="no-record").inc()
+            self.log.warning("event ignored: the butler holds no record of what it claims", extra=extra)
+            return None
+        if claim is not None:
+            disagree = differences(claim, record)  # type: ignore[arg-type]
+            if disagree:
+                self.metrics.untrusted_events.labels(topic=topic, reason="disagrees").inc()
+                self.log.warning(
+                    "event disagrees with the butler's record; acting on the record",
+                    extra={**extra, "fields": ",".join(disagree)},
+                )
+        return record
+
     # -- dead letters
 
     def letter_for(self, raw: Any, body: bytes, exc: BaseException) -> DeadLetter:
@@ -260,42 +303,63 @@ class ServiceContext:
         return str(path)
 
     async def dead_letter(self, raw: Any, body: bytes, exc: BaseException) -> None:
-        """Send an undecodable or unprocessable message to the dead-letter topic."""
+        """Send a message that cannot be decoded or processed to the dead-letter topic, and say so.
+
+        The dead letter is published with a few retries; if that still fails, the message is
+        given up (committed) with an ERROR log and a metric, so one message never stops the
+        consumer. A genuine event of a run (it decodes as its topic's event and its key is its run
+        id) also fails that run with the reason; anything else (junk, a forgery that does not
+        decode, a key naming another run) never touches a run's state.
+        """
         letter = self.letter_for(raw, body, exc)
-        topic, key, key_bytes = letter.origin_topic, letter.key, getattr(raw, "key", None)
-        await self.broker.publish(
-            letter.model_dump(mode="json"),
-            self.topics.deadletter,
-            key=key_bytes if isinstance(key_bytes, bytes) else None,
-            headers={"type": "deadletter", "producer": self.name},
-        )
-        self.metrics.dead_letters.labels(topic=topic).inc()
-        if key and topic not in (self.topics.run_status, self.topics.deadletter):
-            # The run cannot finish without this event: say so in its status, so that nobody waits
-            # for it forever. The dead letter keeps the payload for a replay after a fix.
-            await self.publish(
-                RunStatus(
-                    run_id=key,
-                    producer=self.name,
-                    state="FAILED",
-                    stage=self.name,
-                    message=f"{self.name} could not process a {topic} event (see {self.topics.deadletter})",
-                    errors=[f"{self.name}: {type(exc).__name__}: {str(exc)[:2000]}"],
-                    details={"origin_topic": topic, "origin_offset": letter.origin_offset},
-                ),
-                self.topics.run_status,
+        topic, key_bytes = letter.origin_topic, getattr(raw, "key", None)
+        event = genuine_event(topic, key_bytes, body)
+        log_extra = {
+            "run_id": event.run_id if event is not None else None,
+            "key": (letter.key or "")[:80],
+            "topic": topic,
+            "partition": letter.origin_partition,
+            "offset": letter.origin_offset,
+            "error_type": letter.error_type,
+            "error": letter.error[:500],
+        }
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(3), wait=wait_fixed(0.5), reraise=True
+            ):
+                with attempt:
+                    await self.broker.publish(
+                        letter.model_dump(mode="json"),
+                        self.topics.deadletter,
+                        key=key_bytes if isinstance(key_bytes, bytes) else None,
+                        headers={"type": "deadletter", "producer": self.name},
+                    )
+        except Exception as error:
+            self.metrics.dead_letter_failures.labels(topic=topic).inc()
+            self.log.error(
+                "message given up: it could not be dead-lettered",
+                extra={**log_extra, "dead_letter_error": f"{type(error).__name__}: {error}"[:500]},
             )
-        self.log.error(
-            "message dead-lettered",
-            extra={
-                "run_id": key,
-                "topic": topic,
-                "partition": letter.origin_partition,
-                "offset": letter.origin_offset,
-                "error_type": letter.error_type,
-                "error": letter.error[:500],
-            },
-        )
+        else:
+            self.metrics.dead_letters.labels(topic=topic).inc()
+            self.log.error("message dead-lettered", extra=log_extra)
+        if event is not None and topic not in (self.topics.run_status, self.topics.deadletter):
+            # The run cannot finish without this event: say so in its status, so that nobody waits
+            # for it forever. The dead letter keeps the payload for a redrive after a fix.
+            with contextlib.suppress(Exception):  # best effort: the log and the metric are there
+                await self.publish(
+                    RunStatus(
+                        run_id=event.run_id,
+                        producer=self.name,
+                        state="FAILED",
+                        stage=self.name,
+                        message=f"{self.name} could not process a {Topics.suffix(topic)} event "
+                        f"(see {self.topics.deadletter})",
+                        errors=[f"{self.name}: {type(exc).__name__}: {str(exc)[:2000]}"],
+                        details={"origin_topic": topic, "origin_offset": letter.origin_offset},
+                    ),
+                    self.topics.run_status,
+                )
 
     # -- readiness
 
@@ -314,7 +378,8 @@ class ServiceContext:
             return problems
 
     async def _check_readiness(self) -> list[str]:
-        problems: list[str] = []
+        self.metrics.readiness_checks.inc()
+        problems = self.consumer.problems(self.settings.max_poll_interval_ms / 1000)
         try:
             if not await self.broker.ping(timeout=3.0):
                 problems.append("broker: not reachable")
@@ -345,28 +410,103 @@ class ServiceContext:
             problems.append("butler: no answer within 10 s")
         return problems
 
+    async def started(self) -> None:
+        for hook in self.on_startup:
+            await hook()
+
+    async def stopping(self) -> None:
+        for hook in self.on_shutdown:
+            await hook()
+
     def close(self) -> None:
         """Release the butler and the probe thread (the app is stopping)."""
         self._probe_executor.shutdown(wait=False, cancel_futures=True)
         self.butlers.close()
 
 
+def genuine_event(topic: str, key: bytes | None, body: bytes) -> Event | None:
+    """The event ``body`` is, if it is a valid event of ``topic`` whose run id is the message key."""
+    try:
+        suffix = Topics.suffix(topic)
+    except ValueError:
+        return None
+    event = parse_event(suffix, body)
+    if event is None or key is None or event.run_id.encode() != key:
+        return None
+    return event
+
+
 def _dead_letter_middleware(get_ctx: Callable[[], ServiceContext]) -> type[BaseMiddleware]:
     class DeadLetterMiddleware(BaseMiddleware):
-        """Catch whatever a handler (or the decoder before it) raised, and dead-letter it."""
+        """Refuse oversize messages, and dead-letter whatever a handler (or the decoder) raised."""
 
         async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+            ctx = get_ctx()
+            raw = msg.raw_message
+            body = bytes(msg.body)
+            position = (
+                getattr(raw, "topic", "?"),
+                int(getattr(raw, "partition", -1)),
+                int(getattr(raw, "offset", -1)),
+            )
+            limit = ctx.settings.max_message_bytes
+            if len(body) > limit:
+                await ctx.dead_letter(
+                    raw,
+                    body,
+                    MessageTooLarge(
+                        f"the message has {len(body)} bytes, more than CPFLOW_MAX_MESSAGE_BYTES={limit}"
+                    ),
+                )
+                return None
+            ctx.consumer.started(position)
             try:
                 return await call_next(msg)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # If dead-lettering itself fails, the exception propagates and the message is
-                # not committed (NACK_ON_ERROR): it will be delivered again, never lost.
-                await get_ctx().dead_letter(msg.raw_message, bytes(msg.body), exc)
+                await ctx.dead_letter(raw, body, exc)
                 return None
+            finally:
+                ctx.consumer.finished()
 
     return DeadLetterMiddleware
+
+
+class MessageTooLarge(ValueError):
+    """A message larger than the service accepts (``CPFLOW_MAX_MESSAGE_BYTES``)."""
+
+
+@dataclass
+class ConsumerProgress:
+    """Which message the service is working on, and since when: readiness reports a stuck consumer."""
+
+    current: tuple[str, int, int] | None = None
+    since: float = 0.0
+    deliveries: dict[tuple[str, int, int], int] = field(default_factory=dict)
+
+    def started(self, position: tuple[str, int, int]) -> None:
+        self.current, self.since = position, time.monotonic()
+        self.deliveries[position] = self.deliveries.get(position, 0) + 1
+        if len(self.deliveries) > 1000:  # only recent positions matter
+            for old in list(self.deliveries)[:500]:
+                del self.deliveries[old]
+
+    def finished(self) -> None:
+        self.current = None
+
+    def problems(self, stuck_after_s: float) -> list[str]:
+        found = []
+        if self.current is not None and time.monotonic() - self.since > stuck_after_s:
+            topic, partition, offset = self.current
+            found.append(
+                f"consumer: on {topic}[{partition}] offset {offset} for "
+                f"{time.monotonic() - self.since:.0f} s (more than {stuck_after_s:.0f} s)"
+            )
+        for (topic, partition, offset), count in self.deliveries.items():
+            if count > 3:
+                found.append(f"consumer: {topic}[{partition}] offset {offset} delivered {count} times")
+        return found
 
 
 def _json(status: int, payload: dict[str, Any]) -> AsgiResponse:
@@ -399,6 +539,7 @@ def _make_broker(
 ) -> KafkaBroker:
     return KafkaBroker(
         settings.kafka_bootstrap,
+        security=connection_for(settings, name).faststream_security(),
         client_id=f"cpflow-{name}-{socket.gethostname()}",
         enable_idempotence=True,
         graceful_timeout=60.0,
@@ -450,6 +591,8 @@ def create_service(
         broker,
         asgi_routes=[("/metrics", make_asgi_app(registry)), *_health_routes(ctx_ref)],
         specification=_specification(),
+        after_startup=[ctx.started],
+        on_shutdown=[ctx.stopping],
         after_shutdown=[ctx.close],
         logger=get_logger(f"cpflow.{name}.app"),
     )

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["SERVICE_NAMES", "Settings", "SettingsError", "load_settings"]
@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         default="", description="Bootstrap servers (default 127.0.0.1:<kafka_port>)."
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How clients talk to the broker (SASL with SCRAM-SHA-512 users)."
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism of the broker's users."
+    )
+    kafka_username: str | None = Field(default=None, description="The Kafka user of this process.")
+    kafka_password: SecretStr | None = Field(default=None, description="That user's password.")
     kafka_cache: Path | None = Field(
         default=None,
         description="Where the Kafka jars are fetched to (default ~/.cache/cpflow/kafka-<version>).",
@@ -72,6 +80,12 @@ class Settings(BaseSettings):
         ge=10_000,
         le=86_400_000,
         description="Longest handler before Kafka considers the consumer dead (combines take minutes).",
+    )
+    max_message_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=16_777_216,
+        description="Largest message a service accepts; a larger one is dead-lettered by reference, unread.",
     )
     transient_retries: int = Field(
         default=5, ge=1, le=100, description="Attempts of a step that fails for a transient reason."
@@ -142,6 +156,8 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if value is None:
                 continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             env[f"CPFLOW_{name.upper()}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return env
 
