@@ -13,17 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from cpflow.topics_reader import publish_event, wait_for_final_status
-from shared.events import RunRequested
+from shared.events import RunCancelRequested, RunRequested
+from shared.identifiers import validate_run_id
+from shared.kafka_access import connection_for
 from shared.runconfig import RunConfiguration, load_run_document
 from shared.settings import Settings
 from shared.topics import Topics
 
 __all__ = [
+    "EXIT_BROKER",
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_REJECTED",
     "EXIT_TIMEOUT",
     "EXIT_USAGE",
+    "cancel_run",
     "new_run_id",
     "print_status_line",
     "report_final",
@@ -31,9 +35,9 @@ __all__ = [
     "wait_for_run",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_USAGE = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_USAGE, EXIT_BROKER = 0, 1, 2, 3, 4, 5
 """Exit codes: submitted (with ``--wait``: SUCCEEDED), FAILED, REJECTED, no final state in time, bad
-environment."""
+environment, the broker cannot be reached."""
 
 
 def new_run_id() -> str:
@@ -59,8 +63,20 @@ def submit_run(settings: Settings, path: str | Path) -> tuple[str, RunConfigurat
         submitted_by=f"{getpass.getuser()}@{socket.gethostname()}",
     )
     # The operator writes only run.requested (cpflow.access); the acquirer reports the run's states.
-    asyncio.run(publish_event(settings.kafka_bootstrap, topics.run_requested, request))
+    asyncio.run(publish_event(connection_for(settings), topics.run_requested, request))
     return run_id, config
+
+
+def cancel_run(settings: Settings, run_id: str, reason: str) -> None:
+    """Ask the acquirer to stop the run: no more frames are taken, and the run ends FAILED."""
+    request = RunCancelRequested(
+        run_id=validate_run_id(run_id),
+        producer="cli",
+        reason=reason,
+        requested_by=f"{getpass.getuser()}@{socket.gethostname()}",
+    )
+    topics = Topics(settings.topic_prefix)
+    asyncio.run(publish_event(connection_for(settings), topics.run_requested, request))
 
 
 def wait_for_run(
@@ -73,7 +89,7 @@ def wait_for_run(
     topics = Topics(settings.topic_prefix)
     return asyncio.run(
         wait_for_final_status(
-            settings.kafka_bootstrap, topics.run_status, run_id, timeout, on_status=on_status
+            connection_for(settings), topics.run_status, run_id, timeout, on_status=on_status
         )
     )
 
