@@ -18,19 +18,25 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from cpflow.demo import DEMO_CONFIG, run_demo
 from cpflow.runview import RunView, build_views
 from cpflow.submission import (
+    EXIT_BROKER,
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_USAGE,
+    cancel_run,
     print_status_line,
     report_final,
     submit_run,
     wait_for_run,
 )
 from cpflow.topics_reader import read_events
+from shared.kafka_access import connection_for
 from shared.runconfig import ConfigurationError
 from shared.settings import Settings, SettingsError, load_settings
 from shared.topics import Topics
@@ -53,10 +59,26 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     return report_final(run_id, final, args.timeout)
 
 
-def _views(settings: Settings, run_id: str | None) -> dict[str, RunView]:
+def _events(settings: Settings, run_id: str | None) -> list[dict[str, Any]]:
+    """The run topics' valid events (of ``run_id``); messages that are not valid events are counted."""
+    unreadable: list[Any] = []
     topics = Topics(settings.topic_prefix)
-    events = asyncio.run(read_events(settings.kafka_bootstrap, topics.run_topics(), run_id=run_id))
-    return build_views(events)
+    events = asyncio.run(
+        read_events(
+            connection_for(settings), topics.run_topics(), run_id=run_id, on_unreadable=unreadable.append
+        )
+    )
+    if unreadable:
+        print(
+            f"note: {len(unreadable)} message(s) on the topics are not valid events and were skipped "
+            f"(see {topics.deadletter})",
+            file=sys.stderr,
+        )
+    return events
+
+
+def _views(settings: Settings, run_id: str | None) -> dict[str, RunView]:
+    return build_views(_events(settings, run_id))
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -79,8 +101,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
-    topics = Topics(settings.topic_prefix)
-    events = asyncio.run(read_events(settings.kafka_bootstrap, topics.run_topics(), run_id=args.run_id))
+    events = _events(settings, args.run_id)
     if not events:
         print(f"no events for run {args.run_id}", file=sys.stderr)
         return 1
@@ -101,11 +122,20 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         elif kind == "run.status":
             text = f"{event['state']} {event.get('stage')}: {event.get('message')}"
         print(f"{event.get('time', '')[:23]}  {event.get('producer', ''):10s} {kind:16s} {text}")
+    view = build_views(events).get(args.run_id)
+    if view is not None:
+        print(f"run {args.run_id}: {view.state}")
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    cancel_run(settings, args.run_id, args.reason)
+    print(f"cancellation of {args.run_id} requested", flush=True)
+    return EXIT_OK
+
+
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
-    from cpflow.stack import stack_down, stack_status, stack_up
+    from cpflow.stack import stack_credentials, stack_down, stack_status, stack_up
 
     if args.action == "up":
         stack_up(settings)
@@ -114,6 +144,23 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "down":
         stack_down(settings)
         print("stack is down")
+        return 0
+    if args.action == "credentials":
+        if not args.name:
+            print(
+                "cpflow stack credentials NAME: give a role (a service, operator or admin)", file=sys.stderr
+            )
+            return EXIT_REJECTED
+        try:
+            credentials = stack_credentials(settings, args.name)
+        except KeyError as exc:
+            print(exc.args[0], file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(credentials, indent=2))
+        else:
+            for key, value in credentials.items():
+                print(f"{key}: {value}")
         return 0
     statuses = stack_status(settings)
     for s in statuses:
@@ -131,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     stack = sub.add_parser("stack", help="start, stop or inspect the local broker and services")
-    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("action", choices=["up", "down", "status", "credentials"])
+    stack.add_argument("name", nargs="?", help="credentials: the role (a service, operator or admin)")
+    stack.add_argument("--json", action="store_true", help="credentials: as JSON")
     stack.set_defaults(func=cmd_stack)
 
     submit = sub.add_parser("submit", help="validate and submit a run configuration")
@@ -150,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("run_id")
     events.add_argument("--json", action="store_true")
     events.set_defaults(func=cmd_events)
+
+    cancel = sub.add_parser("cancel", help="stop taking a run's frames; the run ends FAILED")
+    cancel.add_argument("run_id")
+    cancel.add_argument("--reason", default="cancelled by an operator")
+    cancel.set_defaults(func=cmd_cancel)
 
     demo = sub.add_parser(
         "demo",
@@ -175,6 +229,22 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args, settings))
     except KeyboardInterrupt:
         return 130
+    except (KafkaError, OSError, RuntimeError) as exc:
+        if not _broker_unreachable(exc):
+            raise
+        print(
+            f"cpflow: cannot reach the Kafka broker at {settings.kafka_bootstrap} ({type(exc).__name__}); "
+            "is the stack up (cpflow stack status)?",
+            file=sys.stderr,
+        )
+        return EXIT_BROKER
+
+
+def _broker_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the broker could not be reached (as opposed to a bug)."""
+    return isinstance(exc, KafkaConnectionError | ConnectionError | KafkaTimeoutError) or (
+        isinstance(exc, KafkaError) and "bootstrap" in str(exc).lower()
+    )
 
 
 if __name__ == "__main__":

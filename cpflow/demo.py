@@ -22,6 +22,7 @@ from cpflow.submission import EXIT_REJECTED, print_status_line, report_final, su
 from cpflow.topics_reader import read_events
 from shared.butler.collections import calib_chain
 from shared.butler.repo import open_butler
+from shared.kafka_access import connection_for
 from shared.runconfig import ConfigurationError
 from shared.settings import Settings
 from shared.topics import Topics
@@ -85,7 +86,7 @@ def run_demo(settings: Settings, config: Path, timeout: float = 1800.0) -> int:
         print(run_id, flush=True)
         code = report_final(run_id, wait_for_run(settings, run_id, timeout, print_status_line), timeout)
         events = asyncio.run(
-            read_events(settings.kafka_bootstrap, Topics(settings.topic_prefix).run_topics(), run_id=run_id)
+            read_events(connection_for(settings), Topics(settings.topic_prefix).run_topics(), run_id=run_id)
         )
         view = build_views(events).get(run_id)
         print("\n== summary")

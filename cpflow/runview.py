@@ -1,4 +1,11 @@
-"""A run's state per stage and per calibration type, folded from its events."""
+"""A run's state per stage and per calibration type, folded from its events.
+
+One rule decides a run's state, for ``cpflow status``, ``cpflow events`` and ``submit --wait``
+alike (`deciding_status`): the run's closing status (the certifier's final state, stage ``run``,
+or the acquirer's REJECTED) if there is one; else the first FAILED a service published because it
+could not process a genuine event of the run (the run cannot finish without it); else the latest
+progress.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,24 @@ from typing import Any
 
 from shared.events import FINAL_STATES
 
-__all__ = ["RunView", "build_views"]
+__all__ = ["RunView", "build_views", "deciding_status", "is_closing"]
+
+
+def is_closing(status: dict[str, Any]) -> bool:
+    """Whether ``status`` closes its run: the certifier's final state, or a rejection."""
+    state = status.get("state")
+    return state == "REJECTED" or (state in ("SUCCEEDED", "FAILED") and status.get("stage") == "run")
+
+
+def deciding_status(statuses: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The status that decides a run's state (see the module docstring), from its statuses in order."""
+    closing = [s for s in statuses if is_closing(s)]
+    if closing:
+        return closing[-1]
+    failed = [s for s in statuses if s.get("state") == "FAILED"]
+    if failed:
+        return failed[0]
+    return statuses[-1] if statuses else None
 
 
 @dataclass
@@ -19,6 +43,7 @@ class RunView:
     submitted: str = ""
     updated: str = ""
     types: dict[str, dict[str, Any]] = field(default_factory=dict)
+    statuses: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def _type(self, name: str) -> dict[str, Any]:
         return self.types.setdefault(name.lower(), {})
@@ -28,14 +53,13 @@ class RunView:
         time = str(event.get("time", ""))
         self.updated = max(self.updated, time)
         if kind == "run.status":
-            if not self.submitted and event.get("state") == "SUBMITTED":
-                self.submitted = time
-            # A final state is never replaced by a late progress message.
-            if self.state not in FINAL_STATES or event.get("state") in FINAL_STATES:
-                self.state = str(event.get("state"))
-                self.message = str(event.get("message", ""))
-                if event.get("errors"):
-                    self.errors = list(event["errors"])
+            self.statuses.append(event)
+            deciding = deciding_status(self.statuses)
+            assert deciding is not None
+            self.state = str(deciding.get("state"))
+            self.message = str(deciding.get("message", ""))
+            errors = deciding.get("errors") or ([] if deciding.get("state") in FINAL_STATES else self.errors)
+            self.errors = list(errors)
         elif kind == "run.requested":
             self.submitted = self.submitted or time
         elif kind == "frames.acquired":

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import httpx
 
+from cpflow.access import principals
 from cpflow.kafka_local import LocalKafka, create_topics, pid_alive, port_open, stop_pid
 from shared.butler.repo import create_repository
 from shared.retry import call_with_retries
 from shared.settings import SERVICE_NAMES, Settings
 from shared.topics import Topics
 
-__all__ = ["ComponentStatus", "stack_down", "stack_status", "stack_up"]
+__all__ = ["ComponentStatus", "stack_credentials", "stack_down", "stack_status", "stack_up"]
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,21 @@ def _readyz(settings: Settings, name: str, timeout: float = 5.0) -> tuple[bool, 
     return response.status_code == 200, response.text.strip()
 
 
-def _service_env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, **settings.environment()}
+def _service_env(settings: Settings, credentials: dict[str, str]) -> dict[str, str]:
+    """The environment of a service: the stack's settings and the service's own Kafka user."""
+    env = {**os.environ, **settings.environment()}
+    env.update(
+        {
+            "CPFLOW_KAFKA_SECURITY_PROTOCOL": credentials["security_protocol"],
+            "CPFLOW_KAFKA_SASL_MECHANISM": credentials["mechanism"],
+            "CPFLOW_KAFKA_USERNAME": credentials["username"],
+            "CPFLOW_KAFKA_PASSWORD": credentials["password"],
+        }
+    )
+    return env
 
 
-def start_service(settings: Settings, name: str) -> int:
+def start_service(settings: Settings, name: str, credentials: dict[str, str]) -> int:
     """Start ``python -m services.<name>`` in the background (no-op if it runs) and return its pid."""
     pid_file = _pid_file(settings, name)
     pid = _read_pid(pid_file)
@@ -80,7 +91,7 @@ def start_service(settings: Settings, name: str) -> int:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=_service_env(settings),
+            env=_service_env(settings, credentials),
             start_new_session=True,
         )
     pid_file.write_text(str(proc.pid))
@@ -112,10 +123,12 @@ def stack_up(settings: Settings | None = None, timeout: float = 180.0, echo: boo
     say(f"kafka broker: starting on {kafka.bootstrap}")
     kafka.start()
     asyncio.run(
-        create_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix).all(), settings.partitions)
+        create_topics(kafka.admin_connection(), Topics(settings.topic_prefix).all(), settings.partitions)
     )
+    credentials = kafka.sync_access(principals(settings))
+    say(f"kafka users and ACLs: {', '.join(sorted(credentials))} (credentials in {kafka.credentials_dir})")
     for name in SERVICE_NAMES:
-        pid = start_service(settings, name)
+        pid = start_service(settings, name, credentials[name])
         say(f"{name}: pid {pid}, http://127.0.0.1:{settings.http_ports[name]}")
     deadline = time.monotonic() + timeout
     waiting = set(SERVICE_NAMES)
@@ -159,3 +172,12 @@ def stack_status(settings: Settings | None = None) -> list[ComponentStatus]:
         ready, detail = _readyz(settings, name, timeout=15.0) if pid is not None else (False, "not running")
         statuses.append(ComponentStatus(name, pid, pid is not None, ready, detail))
     return statuses
+
+
+def stack_credentials(settings: Settings, role: str) -> dict[str, str]:
+    """What a client needs to connect to the local broker as ``role`` (a service, operator, admin)."""
+    stored = _kafka(settings).credentials(role)
+    if stored is None:
+        known = ", ".join([*sorted(p.name for p in principals(settings)), "admin"])
+        raise KeyError(f"no credentials for {role!r} (is the stack up?); the roles are {known}")
+    return stored

@@ -8,12 +8,24 @@ import sys
 import time
 from typing import Any
 
+from cpflow.kafka_local import LocalKafka
 from cpflow.topics_reader import read_events
+from shared.kafka_access import KafkaConnection, connection_for
 from shared.settings import Settings
 from shared.topics import Topics
 from tests.conftest import settings_env
 
-__all__ = ["cpflow", "events_of", "wait_until"]
+__all__ = ["admin", "cpflow", "events_of", "operator", "wait_until"]
+
+
+def admin(settings: Settings) -> KafkaConnection:
+    """The broker's super user: what the tests' attacks and inspections connect as."""
+    return LocalKafka(settings.home, settings.kafka_port, settings.kafka_controller_port).admin_connection()
+
+
+def operator(settings: Settings) -> KafkaConnection:
+    """The operator's connection, as the CLI makes it."""
+    return connection_for(settings)
 
 
 def cpflow(settings: Settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -28,7 +40,7 @@ def cpflow(settings: Settings, *args: str, timeout: float = 600) -> subprocess.C
 
 def events_of(settings: Settings, run_id: str | None = None, topics: list[str] | None = None) -> list[dict]:
     t = Topics(settings.topic_prefix)
-    return asyncio.run(read_events(settings.kafka_bootstrap, topics or t.run_topics(), run_id=run_id))
+    return asyncio.run(read_events(admin(settings), topics or t.run_topics(), run_id=run_id))
 
 
 def wait_until(predicate: Any, timeout: float = 120.0, interval: float = 1.0) -> Any:
