@@ -284,3 +284,34 @@ def test_one_retry_policy_retries_only_transient_errors() -> None:
     with pytest.raises(sqlalchemy.exc.OperationalError):
         retrying(2, first_delay=0.001)(flaky, 1, y=2)
     assert len(calls) == 2
+
+
+def test_a_crash_between_exposure_and_raw_leaves_neither(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exposure record and its raw are one transaction: a failure in the ingest undoes both."""
+    latiss = get_instrument("LATISS")
+    exposure_id = 2026031500077
+    raw_path = make_raw(tmp_path / "raw.fits", exposure_id=exposure_id)
+    run = raw_collection("LATISS")
+    with open_butler(repo) as butler:
+
+        def crash(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("killed between the exposure record and the raw")
+
+        monkeypatch.setattr(butler, "ingest", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            ingest_raws(butler, [raw_path], latiss, run=run)
+        monkeypatch.undo()
+        assert (
+            list(
+                butler.query_dimension_records(
+                    "exposure", instrument="LATISS", exposure=exposure_id, explain=False
+                )
+            )
+            == []
+        )
+        # The next attempt makes both.
+        (ref,) = ingest_raws(butler, [raw_path], latiss, run=run)
+        assert ref.dataId["exposure"] == exposure_id
+        assert len(butler.query_dimension_records("exposure", instrument="LATISS", exposure=exposure_id)) == 1
