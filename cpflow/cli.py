@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from cpflow.demo import DEMO_CONFIG, run_demo
 from cpflow.runview import RunView, build_views
 from cpflow.submission import (
     EXIT_BROKER,
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_USAGE,
@@ -134,6 +136,44 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_deadletters(args: argparse.Namespace, settings: Settings) -> int:
+    from cpflow.deadletters import RedriveError, read_letters, redrive, select
+
+    letters = select(
+        asyncio.run(read_letters(connection_for(settings), settings, run_id=args.run)), ids=args.id
+    )
+    if args.action == "list":
+        summaries = [letter.summary() for letter in letters]
+        if args.json:
+            print(json.dumps(summaries, indent=2))
+        elif not summaries:
+            print("no dead letters")
+        for summary in [] if args.json else summaries:
+            print(
+                f"{summary['id']}  {summary['time']}  run {summary['run_id']}  {summary['service']}  "
+                f"{summary['origin']}  {summary['size']} B ({summary['kept']})\n    {summary['error'][:300]}"
+            )
+        return EXIT_OK
+    if not args.id and not args.run:
+        print(
+            "cpflow deadletters redrive: choose letters with --id ID (repeatable) or --run RUN_ID",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if not letters:
+        print("no dead letter matches", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        # Redriving writes the services' own topics, which only a privileged user may do.
+        redriven = asyncio.run(redrive(connection_for(settings, "admin"), settings, letters))
+    except RedriveError as exc:
+        print(f"cpflow deadletters redrive: {exc}; nothing was redriven", file=sys.stderr)
+        return EXIT_FAILED
+    for letter_id in redriven:
+        print(f"redriven {letter_id}")
+    return EXIT_OK
+
+
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from cpflow.stack import stack_credentials, stack_down, stack_status, stack_up
 
@@ -205,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", default="cancelled by an operator")
     cancel.set_defaults(func=cmd_cancel)
 
+    letters = sub.add_parser(
+        "deadletters", help="list dead letters, or redrive chosen ones to their origin topic"
+    )
+    letters.add_argument("action", nargs="?", choices=["list", "redrive"], default="list")
+    letters.add_argument("--run", help="only the letters of this run")
+    letters.add_argument("--id", action="append", default=[], help="a letter's id (repeatable)")
+    letters.add_argument("--json", action="store_true", help="list: as JSON")
+    letters.set_defaults(func=cmd_deadletters)
+
     demo = sub.add_parser(
         "demo",
         help="start the stack, run a whole LATISS calibration run (BIAS_DARK_FLAT, defects, PTC), "
@@ -220,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The client library's own connection errors would repeat what the CLI says in one line.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         settings = load_settings()
     except SettingsError as exc:
