@@ -197,6 +197,11 @@ class CertificationRecord(_Record):
     dataset_ids: dict[str, DatasetId] = Field(default_factory=dict)
     outcome: Outcome = "ok"
     reason: str | None = None
+    note: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="Where the calibrations are when <INSTR>/calib does not include them, and what to do.",
+    )
 
 
 class RunAccepted(_Record):
