@@ -30,6 +30,7 @@ from cpflow.submission import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REJECTED,
+    EXIT_REPOSITORY,
     EXIT_USAGE,
     cancel_run,
     print_status_line,
@@ -38,6 +39,7 @@ from cpflow.submission import (
     wait_for_run,
 )
 from cpflow.topics_reader import read_events
+from shared.butler.datasets import DatasetTypeConflict
 from shared.kafka_access import connection_for
 from shared.runconfig import ConfigurationError
 from shared.settings import Settings, SettingsError, load_settings
@@ -280,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args, settings))
     except KeyboardInterrupt:
         return 130
+    except DatasetTypeConflict as exc:
+        print(f"cpflow: {exc}", file=sys.stderr)
+        return EXIT_REPOSITORY
     except (KafkaError, OSError, RuntimeError) as exc:
         if not _broker_unreachable(exc):
             raise
