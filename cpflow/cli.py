@@ -194,6 +194,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
             # The butler is the authority: the page is written without the timeline.
             events = []
             notes.append(f"the run's events could not be read from the broker ({type(exc).__name__}: {exc})")
+            print(f"note: {notes[-1]}; the page has no timeline", file=sys.stderr)
         path = write_report(butler, args.run_id, Path(args.output), events=events, notes=notes)
     finally:
         butler.close()

@@ -149,12 +149,8 @@ def _data_id(ref: DatasetRef) -> dict[str, Any]:
 
 def _products(butler: Butler, instrument: str, run_id: str, types: Mapping[str, TypeData]) -> list[Product]:
     """Every dataset in the run's collections, then every certified one in its calibration collection."""
-    collections = butler.collections.query(run_collection(instrument, run_id) + "*")
-    collections = [
-        c
-        for c in collections
-        if c == run_collection(instrument, run_id) or c.startswith(run_collection(instrument, run_id) + "/")
-    ]
+    top = run_collection(instrument, run_id)
+    collections = [c for c in butler.collections.query(top + "*") if c == top or c.startswith(top + "/")]
     refs = butler.query_all_datasets(collections, find_first=False, limit=None) if collections else []
     products = [
         Product(ref.run, ref.datasetType.name, _data_id(ref), str(butler.getURI(ref)))
@@ -758,13 +754,13 @@ def _type_section(data: ReportData, t: TypeData) -> str:
         except (KeyError, ZeroDivisionError):
             geometry = None
         where = ", ".join(f"{k}={v}" for k, v in combined.data_id.items())
+        defects = data.defects.get(detector)
         parts.append(f"<h3>Combined {_e(t.calib_type)} ({_e(where)})</h3>")
         parts.append(
             _img(
-                fig_thumbnail(
-                    combined.image, geometry, data.defects.get(detector), f"{t.calib_type} {where}"
-                ),
-                f"{t.calib_type} thumbnail {where}",
+                fig_thumbnail(combined.image, geometry, defects, f"{t.calib_type} {where}"),
+                f"{t.calib_type} thumbnail {where}"
+                + ("" if defects is None else f", {len(defects)} defect boxes"),
             )
         )
         levels, bad = qa_percentiles(combined.image)

@@ -194,6 +194,25 @@ def test_every_product_is_located_in_the_butler(
     assert "[2026-01-01T00:00:00.000, 2027-12-31T00:00:00.000)" in products
 
 
+def test_the_ptc_and_defects_shown_are_the_butlers(
+    stack: Settings, pages: dict[str, Page], runs: dict[str, str]
+) -> None:
+    butler = open_butler(stack.butler_repo, writeable=False)
+    collection = run_collection("LATISS", runs["full"])
+    ptc = butler.get("ptc", instrument="LATISS", detector=0, collections=[collection + "/ptc"])
+    section = pages["full"].sections["type-ptc"]
+    for row in ptc:
+        assert f"<tr><td>{row['amp_name']}</td><td>{float(row['gain']):.5g}</td>" in section
+    defects = butler.get("defects", instrument="LATISS", detector=0, collections=[collection + "/defects"])
+    assert len(defects) > 0
+    assert f"Detector 0: {len(defects)} defect boxes" in pages["full"].sections["type-defects"]
+    # Every combined image's thumbnail has the run's defects drawn on it.
+    thumbnails = [image["alt"] for image in pages["full"].images if " thumbnail " in image["alt"]]
+    assert len(thumbnails) == 3
+    for alt in thumbnails:
+        assert alt.endswith(f", {len(defects)} defect boxes"), alt
+
+
 def test_the_failed_tests_of_a_faulty_run_are_listed(
     stack: Settings, pages: dict[str, Page], runs: dict[str, str]
 ) -> None:
