@@ -13,8 +13,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
-## setup: virtual environment with cpflow installed, and the Kafka jars in the cache
+## setup: virtual environment with cpflow installed, the Kafka jars in the cache, and Debian's chromium
+## (the report's browser test) when it is missing
 setup: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium (headless browser of the report test)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+		|| echo "warning: could not install chromium; tests/e2e/test_report.py needs it"; }
 	$(BIN)/python -c "from cpflow.kafka_local import fetch_jars; print('kafka jars:', fetch_jars())"
 
 ## demo: start the local stack, run a whole LATISS calibration run (BIAS_DARK_FLAT, defects, PTC) on the simulated camera, print a summary, stop

@@ -4,6 +4,7 @@
     cpflow submit CONFIG.yaml [--wait] [--timeout SECONDS]
     cpflow status [RUN_ID] [--json]
     cpflow events RUN_ID [--json]
+    cpflow report RUN_ID [-o DIR]
     cpflow demo [CONFIG.yaml]
 
 Exit codes of ``submit``: 0 submitted (with ``--wait``: the run SUCCEEDED), 1 the run FAILED,
@@ -176,6 +177,33 @@ def cmd_deadletters(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from cpflow.report import find_run, write_report
+    from shared.butler.repo import open_butler
+
+    butler = open_butler(settings.butler_repo, writeable=False)
+    try:
+        if find_run(butler, args.run_id) is None:
+            print(
+                f"cpflow report: no run {args.run_id} in the butler at {settings.butler_repo}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        notes: list[str] = []
+        try:
+            events = _events(settings, args.run_id)
+        except (KafkaError, OSError, RuntimeError) as exc:
+            # The butler is the authority: the page is written without the timeline.
+            events = []
+            notes.append(f"the run's events could not be read from the broker ({type(exc).__name__}: {exc})")
+            print(f"note: {notes[-1]}; the page has no timeline", file=sys.stderr)
+        path = write_report(butler, args.run_id, Path(args.output), events=events, notes=notes)
+    finally:
+        butler.close()
+    print(path)
+    return EXIT_OK
+
+
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from cpflow.stack import stack_credentials, stack_down, stack_status, stack_up
 
@@ -255,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     letters.add_argument("--id", action="append", default=[], help="a letter's id (repeatable)")
     letters.add_argument("--json", action="store_true", help="list: as JSON")
     letters.set_defaults(func=cmd_deadletters)
+
+    report = sub.add_parser(
+        "report", help="write one self-contained HTML page with plots about a run (verification, PTC, images)"
+    )
+    report.add_argument("run_id")
+    report.add_argument("-o", "--output", default=".", help="directory of the page <RUN_ID>.html (default .)")
+    report.set_defaults(func=cmd_report)
 
     demo = sub.add_parser(
         "demo",
