@@ -204,6 +204,26 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from cpflow.export import ExportError, export_run, ingest_commands
+    from shared.butler.repo import open_butler
+
+    directory = Path(args.to or f"cpflow-export-{args.run_id}").absolute()
+    try:
+        with open_butler(settings.butler_repo, writeable=False) as butler:
+            exported = export_run(butler, args.run_id, directory)
+    except ExportError as exc:
+        print(f"cpflow export: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    instrument = exported[0].data_id["instrument"]
+    print(f"exported {len(exported)} calibration file(s) of run {args.run_id} to {directory}")
+    print(f"manifest: {directory / 'manifest.json'}; the same commands: sh {directory / 'ingest.sh'} REPO")
+    print("to ingest and certify them in a Rubin repository REPO:")
+    for command in ingest_commands(exported, directory, str(instrument), args.run_id):
+        print(f"  {command}")
+    return EXIT_OK
+
+
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from cpflow.stack import stack_credentials, stack_down, stack_status, stack_up
 
@@ -274,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("run_id")
     cancel.add_argument("--reason", default="cancelled by an operator")
     cancel.set_defaults(func=cmd_cancel)
+
+    export = sub.add_parser(
+        "export",
+        help="copy a run's certified calibrations with a manifest and the butler commands to ingest them",
+    )
+    export.add_argument("run_id")
+    export.add_argument("--to", help="directory (default ./cpflow-export-RUN_ID)")
+    export.set_defaults(func=cmd_export)
 
     letters = sub.add_parser(
         "deadletters", help="list dead letters, or redrive chosen ones to their origin topic"
