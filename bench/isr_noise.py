@@ -211,8 +211,8 @@ def main() -> None:
 
 
 def legacy_config() -> IsrConfig:
-    """The ISR before issue 13 (before this script's first run it was the default)."""
-    return IsrConfig()
+    """The ISR before issue 13: per-row and per-column medians (IsrTaskLSST's MEDIAN_PER_ROW)."""
+    return IsrConfig(serial_fit="MEDIAN_PER_ROW", parallel_fit="MEDIAN_PER_ROW")
 
 
 if __name__ == "__main__":
