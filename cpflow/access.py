@@ -17,9 +17,11 @@ from shared.service import service_topics
 from shared.settings import SERVICE_NAMES, Settings
 from shared.topics import Topics
 
-__all__ = ["OPERATOR", "Principal", "principals"]
+__all__ = ["DEFAULT_PREFIX", "OPERATOR", "Principal", "principals", "username"]
 
 OPERATOR = "operator"
+DEFAULT_PREFIX = "cpflow"
+"""The production topic prefix, whose users are plain ``cpflow-<role>``."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,19 @@ class Principal:
     group: str | None
 
 
+def username(role: str, settings: Settings) -> str:
+    """The SCRAM user of ``role``: ``cpflow-<role>``, or ``cpflow-<prefix>-<role>`` for a sandbox's prefix.
+
+    A sandbox (another topic prefix on the same broker) has users of its own, so its services get
+    none of production's rights.
+    """
+    prefix = settings.topic_prefix or DEFAULT_PREFIX
+    return f"cpflow-{role}" if prefix == DEFAULT_PREFIX else f"cpflow-{prefix}-{role}"
+
+
 def principals(settings: Settings | None = None) -> list[Principal]:
     """Every principal of a deployment with ``settings``' topic prefix, services first."""
-    settings = settings or Settings(topic_prefix="cpflow")
+    settings = settings or Settings(topic_prefix=DEFAULT_PREFIX)
     found: list[Principal] = []
     for name in SERVICE_NAMES:
         module = importlib.import_module(f"services.{name}.app")
@@ -57,7 +69,7 @@ def principals(settings: Settings | None = None) -> list[Principal]:
         found.append(
             Principal(
                 name=name,
-                username=f"cpflow-{name}",
+                username=username(name, settings),
                 reads=tuple(consumes),
                 writes=tuple(publishes),
                 group=settings.group_id(name),
@@ -67,7 +79,7 @@ def principals(settings: Settings | None = None) -> list[Principal]:
     found.append(
         Principal(
             name=OPERATOR,
-            username=f"cpflow-{OPERATOR}",
+            username=username(OPERATOR, settings),
             reads=tuple(topics.all()),
             writes=(topics.run_requested,),
             group=None,

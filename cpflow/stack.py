@@ -24,7 +24,16 @@ from shared.retry import call_with_retries
 from shared.settings import SERVICE_NAMES, Settings
 from shared.topics import Topics
 
-__all__ = ["ComponentStatus", "stack_credentials", "stack_down", "stack_status", "stack_up"]
+__all__ = [
+    "ComponentStatus",
+    "service_ready",
+    "stack_credentials",
+    "stack_down",
+    "stack_status",
+    "stack_up",
+    "start_service",
+    "stop_service",
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,11 @@ def _readyz(settings: Settings, name: str, timeout: float = 5.0) -> tuple[bool, 
     except httpx.HTTPError as exc:
         return False, f"{url}: {type(exc).__name__}"
     return response.status_code == 200, response.text.strip()
+
+
+def service_ready(settings: Settings, name: str) -> bool:
+    """Whether service ``name`` of ``settings``' stack runs and answers ``/readyz`` with 200."""
+    return _read_pid(_pid_file(settings, name)) is not None and _readyz(settings, name)[0]
 
 
 def _service_env(settings: Settings, credentials: dict[str, str]) -> dict[str, str]:
