@@ -25,6 +25,7 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from cpflow.demo import DEMO_CONFIG, run_demo
+from cpflow.replay import STAGES
 from cpflow.runview import RunView, build_views
 from cpflow.submission import (
     EXIT_BROKER,
@@ -224,6 +225,45 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
+    from cpflow.sandbox import sandbox_down, sandbox_up
+
+    try:
+        if args.action == "up":
+            sandbox = sandbox_up(settings, args.prefix)
+            print(f"sandbox {args.prefix} is up: topics {args.prefix}.*, state in {sandbox.home}")
+        else:
+            sandbox_down(settings, args.prefix)
+            print(f"sandbox {args.prefix} is down")
+    except ValueError as exc:
+        print(f"cpflow sandbox: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from cpflow.replay import ReplayError, replay_run
+    from cpflow.sandbox import sandbox_settings
+
+    try:
+        new_id, sent = replay_run(settings, args.run_id, args.stage, args.prefix, certify=not args.no_certify)
+    except ValueError as exc:
+        print(f"cpflow replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ReplayError as exc:
+        print(f"cpflow replay: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(new_id, flush=True)
+    print(
+        f"replaying {args.run_id} from {args.stage}: {sent} event(s) sent to {args.prefix}", file=sys.stderr
+    )
+    if not args.wait:
+        return EXIT_OK
+    sandbox = sandbox_settings(settings, args.prefix)
+    final = wait_for_run(sandbox, new_id, args.timeout, on_status=print_status_line)
+    return report_final(new_id, final, args.timeout)
+
+
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from cpflow.stack import stack_credentials, stack_down, stack_status, stack_up
 
@@ -294,6 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("run_id")
     cancel.add_argument("--reason", default="cancelled by an operator")
     cancel.set_defaults(func=cmd_cancel)
+
+    sandbox = sub.add_parser("sandbox", help="start or stop a sandbox: four services on another topic prefix")
+    sandbox.add_argument("action", choices=["up", "down"])
+    sandbox.add_argument("prefix", help="the sandbox's topic prefix, e.g. debug1")
+    sandbox.set_defaults(func=cmd_sandbox)
+
+    replay = sub.add_parser("replay", help="redo a run's work from one stage on, in a sandbox")
+    replay.add_argument("run_id")
+    replay.add_argument("--from", dest="stage", required=True, choices=list(STAGES))
+    replay.add_argument(
+        "--prefix", required=True, help="the sandbox's topic prefix (cpflow sandbox up PREFIX)"
+    )
+    replay.add_argument("--no-certify", action="store_true", help="the replayed run certifies nothing")
+    replay.add_argument("--wait", action="store_true", help="follow the replayed run to its final state")
+    replay.add_argument("--timeout", type=float, default=3600.0)
+    replay.set_defaults(func=cmd_replay)
 
     export = sub.add_parser(
         "export",

@@ -227,6 +227,11 @@ class RunAccepted(_Record):
     accepted_at: datetime
     expires_at: datetime
     submitted_by: str = Field(default="unknown", max_length=256)
+    topic_prefix: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The topic prefix of the acquirer that accepted it: only that one resumes it.",
+    )
 
 
 class RunCancelled(_Record):
@@ -235,6 +240,23 @@ class RunCancelled(_Record):
     cancelled_at: datetime
     cancelled_by: str = Field(default="unknown", max_length=256)
     reason: str = Field(default="cancelled by an operator", max_length=1000)
+
+
+ReplayStage = Literal["acquire", "generate", "verify", "certify"]
+"""The stage a replay starts from: its events are re-published, the records before it copied."""
+
+
+class RunReplay(_Record):
+    """A run that ``cpflow replay`` made from another run's recorded work, in a sandbox.
+
+    Stored in the replayed run's collection before any of its events is published; the certifier
+    of a replayed run never changes ``<INSTR>/calib`` and, with ``certify`` false, certifies nothing.
+    """
+
+    original_run_id: RunId
+    from_stage: ReplayStage
+    topic_prefix: str = Field(max_length=64)
+    certify: bool = True
 
 
 class CalibOutcome(_Record):

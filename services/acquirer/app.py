@@ -83,7 +83,9 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
             ctx.metrics.runs_finished.labels(outcome="REJECTED").inc()
             return
         # Durable before the request is committed: a restart resumes the run from these records.
-        await ctx.with_butler("acquire", accept_run, config, event, run_id=event.run_id)
+        await ctx.with_butler(
+            "acquire", accept_run, config, event, ctx.settings.topic_prefix, run_id=event.run_id
+        )
         await ctx.status(
             event, "RUNNING", f"accepted: {config.script_mode} on {config.instrument}", stage="acquire"
         )
@@ -94,10 +96,11 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
     ctx.on_shutdown.append(runs.stop)
 
 
-def accept_run(butler: Butler, config: RunConfiguration, event: RunRequested) -> None:
+def accept_run(butler: Butler, config: RunConfiguration, event: RunRequested, topic_prefix: str) -> None:
     """Record the accepted configuration and when the run may be resumed until (once)."""
     store_run_config(butler, config, event.run_id)
-    write_record(butler, acceptance(config, event.submitted_by), config.instrument, event.run_id, None)
+    accepted = acceptance(config, event.submitted_by, topic_prefix)
+    write_record(butler, accepted, config.instrument, event.run_id, None)
 
 
 def raw_dataset_type_registered(butler: Butler) -> None:
@@ -158,7 +161,7 @@ class RunTasks:
         """After a restart: resume the accepted, unfinished runs; close the expired ones."""
         ctx = self.ctx
         try:
-            pending = await ctx.with_butler("acquire", runs_to_resume)
+            pending = await ctx.with_butler("acquire", runs_to_resume, ctx.settings.topic_prefix)
         except Exception:
             ctx.log.exception("cannot look for runs to resume")
             return

@@ -31,6 +31,9 @@ __all__ = [
     "unacquired_manifest",
 ]
 
+DEFAULT_TOPIC_PREFIX = "cpflow"
+"""Who accepted a run recorded before acceptances named their prefix: production."""
+
 _RUN_COLLECTION = re.compile(r"^([^/]+)/runs/([^/]+)$")
 
 
@@ -43,7 +46,9 @@ def planned_duration_s(config: RunConfiguration) -> float:
     return total
 
 
-def acceptance(config: RunConfiguration, submitted_by: str, now: datetime | None = None) -> RunAccepted:
+def acceptance(
+    config: RunConfiguration, submitted_by: str, topic_prefix: str, now: datetime | None = None
+) -> RunAccepted:
     """The `RunAccepted` record of a run accepted ``now``.
 
     A run may be resumed after a restart until twice its planned duration plus the ingest timeout
@@ -53,7 +58,10 @@ def acceptance(config: RunConfiguration, submitted_by: str, now: datetime | None
     now = now or datetime.now(UTC)
     allowed = 2 * planned_duration_s(config) + config.oods_timeout + 3600.0
     return RunAccepted(
-        accepted_at=now, expires_at=now + timedelta(seconds=allowed), submitted_by=submitted_by
+        accepted_at=now,
+        expires_at=now + timedelta(seconds=allowed),
+        submitted_by=submitted_by,
+        topic_prefix=topic_prefix,
     )
 
 
@@ -97,8 +105,12 @@ class PendingRun:
         return now >= self.accepted.expires_at
 
 
-def runs_to_resume(butler: Butler) -> list[PendingRun]:
-    """Accepted runs that are neither finished nor cancelled (expired ones included: close those)."""
+def runs_to_resume(butler: Butler, topic_prefix: str) -> list[PendingRun]:
+    """Accepted runs that are neither finished nor cancelled (expired ones included: close those).
+
+    Only the runs that an acquirer of ``topic_prefix`` accepted: a sandbox's acquirer never resumes
+    production's runs, nor production's a sandbox's.
+    """
     pending = []
     refs = butler.query_datasets(
         datasets.RUN_ACCEPTED, collections="*/runs/*", find_first=False, explain=False
@@ -114,5 +126,7 @@ def runs_to_resume(butler: Butler) -> list[PendingRun]:
         missing = missing_image_types(butler, config, run_id)
         if missing:
             accepted = RunAccepted.model_validate(butler.get(ref))
+            if (accepted.topic_prefix or DEFAULT_TOPIC_PREFIX) != (topic_prefix or DEFAULT_TOPIC_PREFIX):
+                continue
             pending.append(PendingRun(instrument, run_id, config, accepted, tuple(missing)))
     return sorted(pending, key=lambda p: p.accepted.accepted_at)

@@ -23,7 +23,7 @@ from services.certifier.certification import (
 from shared.butler import datasets
 from shared.butler.runrecords import expected_calib_types, load_run_config, read_record, write_record
 from shared.events import CalibCertified, CalibVerified
-from shared.records import VerificationRecord
+from shared.records import RunReplay, VerificationRecord
 from shared.service import ServiceContext, create_service
 from shared.settings import Settings
 
@@ -56,7 +56,10 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
         if verification is None:
             return
         config = await ctx.with_butler("certify", load_run_config, instrument, run_id, run_id=run_id)
-        decided = outcome_without_certification(verification)
+        replay = await ctx.with_butler(
+            "certify", read_record, RunReplay, instrument, run_id, None, run_id=run_id
+        )
+        decided = outcome_without_certification(verification, replay)
         if decided is None:
             begin, end = config.certify_timespan_bounds
             started = time.monotonic()
@@ -71,6 +74,8 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
                     begin,
                     end,
                     dataset_ids=set(verification.dataset_ids.values()),
+                    collection=verification.collection,
+                    chain=replay is None,
                     run_id=run_id,
                 )
             except (CertificationConflict, LookupError) as exc:

@@ -20,7 +20,7 @@ from shared.butler.collections import type_collection
 from shared.butler.runrecords import read_record
 from shared.calibtypes import DATASET_TYPE_OF
 from shared.events import RunState
-from shared.records import CalibOutcome, CertificationRecord, VerificationRecord
+from shared.records import CalibOutcome, CertificationRecord, RunReplay, VerificationRecord
 
 __all__ = [
     "CertificationConflict",
@@ -56,11 +56,15 @@ def certify_type(
     begin: datetime,
     end: datetime,
     dataset_ids: set[str] | None = None,
+    collection: str | None = None,
+    chain: bool = True,
 ) -> CertificationResult:
     """Certify the run's ``calib_type`` datasets into ``calib_collection`` for [begin, end).
 
     With ``dataset_ids``, only those (the ones the verifier's record names) are certified, and each
-    must be in the run's collection; without, every dataset of the type in that collection.
+    must be in ``collection`` (the one the verifier's record names; by default the run's own);
+    without, every dataset of the type in that collection. With ``chain`` false (a replay),
+    ``<INSTR>/calib`` is never changed.
 
     Raises
     ------
@@ -70,7 +74,7 @@ def certify_type(
         If the run has no dataset of that type to certify.
     """
     dataset_type = DATASET_TYPE_OF[calib_type]
-    collection = type_collection(instrument, run_id, calib_type)
+    collection = collection or type_collection(instrument, run_id, calib_type)
     refs = butler.query_datasets(dataset_type, collections=[collection], instrument=instrument, explain=False)
     if dataset_ids:
         refs = [ref for ref in refs if str(ref.id) in dataset_ids]
@@ -79,7 +83,7 @@ def certify_type(
             raise LookupError(f"{len(missing)} verified {dataset_type} dataset(s) are not in {collection}")
     if not refs:
         raise LookupError(f"no {dataset_type} datasets in {collection} to certify")
-    note = ensure_calibration_collection(butler, instrument, calib_collection)
+    note = ensure_calibration_collection(butler, instrument, calib_collection, chain=chain)
     status = certify_calibrations(butler, refs, calib_collection, _tai(begin), _tai(end))
     return CertificationResult(
         status=status,
@@ -113,14 +117,15 @@ def _report(verification: VerificationRecord, **fields: object) -> Certification
 
 
 def outcome_without_certification(
-    verification: VerificationRecord,
+    verification: VerificationRecord, replay: RunReplay | None = None
 ) -> tuple[CalibOutcome, CertificationRecord] | None:
     """What a verdict means when nothing is certified, or `None` when the type is to be certified.
 
     - a failure or skip upstream ends the type with that reason (stage generate for a skip);
     - a FAILED verdict ends it, naming the failed tests;
     - external verification certifies nothing (a success when the frames passed or were not tested);
-    - gains are reported, never certified (a success).
+    - gains are reported, never certified (a success);
+    - a replay made with ``--no-certify`` certifies nothing (a success when it passed).
     """
     calib_type = verification.calib_type
     if verification.outcome != "ok":
@@ -146,6 +151,15 @@ def outcome_without_certification(
         return (
             _outcome(verification, success=True, stage="verify", summary=summary),
             _report(verification, certified=False, reason="external verification"),
+        )
+    if replay is not None and not replay.certify and calib_type in DATASET_TYPE_OF:
+        summary = (
+            f"{calib_type} passed verification in this replay of {replay.original_run_id}; "
+            "not certified (replay --no-certify)"
+        )
+        return (
+            _outcome(verification, success=True, stage="verify", summary=summary),
+            _report(verification, certified=False, reason="replay without certification"),
         )
     if calib_type not in DATASET_TYPE_OF:
         return (

@@ -58,7 +58,9 @@ MADE_BY_CPFLOW = "Made by cpflow: calibration collections cpflow certifies into,
 """Documentation of the ``<INSTR>/calib`` chains cpflow creates: the only chains it changes."""
 
 
-def ensure_calibration_collection(butler: Butler, instrument: str, calib_collection: str) -> str | None:
+def ensure_calibration_collection(
+    butler: Butler, instrument: str, calib_collection: str, *, chain: bool = True
+) -> str | None:
     """Make sure ``calib_collection`` exists, and is in ``<INSTR>/calib`` where cpflow may put it there.
 
     Registers ``calib_collection`` as a CALIBRATION collection if missing. cpflow never rewrites a
@@ -76,6 +78,8 @@ def ensure_calibration_collection(butler: Butler, instrument: str, calib_collect
         Instrument name.
     calib_collection : `str`
         The CALIBRATION collection, e.g. ``LATISS/calib/daily``.
+    chain : `bool`, optional
+        `False`: never touch ``<INSTR>/calib`` (a replay's sandbox certification).
 
     Returns
     -------
@@ -90,33 +94,35 @@ def ensure_calibration_collection(butler: Butler, instrument: str, calib_collect
     ValueError
         If ``calib_collection`` is ``<INSTR>/calib`` itself.
     """
-    chain = calib_chain(instrument)
-    if calib_collection == chain:
-        raise ValueError(f"the calibration collection cannot be the chain {chain!r} itself")
+    if calib_collection == calib_chain(instrument):
+        raise ValueError(f"the calibration collection cannot be the chain {calib_chain(instrument)!r} itself")
     butler.collections.register(calib_collection, CollectionType.CALIBRATION)
     found = _collection_type(butler, calib_collection)
     if found is not CollectionType.CALIBRATION:
         raise TypeError(
             f"collection {calib_collection!r} exists as {found.name if found else None}, not CALIBRATION"
         )
-    butler.collections.register(chain, CollectionType.CHAINED, doc=MADE_BY_CPFLOW)
-    info = butler.collections.get_info(chain)
+    chain_name = calib_chain(instrument)
+    if not chain:
+        return f"certified into {calib_collection} only (a replay never changes {chain_name})"
+    butler.collections.register(chain_name, CollectionType.CHAINED, doc=MADE_BY_CPFLOW)
+    info = butler.collections.get_info(chain_name)
     if info.type is not CollectionType.CHAINED:
         return (
-            f"certified into {calib_collection}; {chain} is a {info.type.name} collection, not a chain, "
-            f"so cpflow left it unchanged: search {calib_collection} explicitly, or make {chain} a "
+            f"certified into {calib_collection}; {chain_name} is a {info.type.name} collection, not a chain, "
+            f"so cpflow left it unchanged: search {calib_collection} explicitly, or make {chain_name} a "
             f"CHAINED collection holding both (butler collection-chain)"
         )
     if calib_collection in info.children:
         return None
     if info.doc != MADE_BY_CPFLOW:
         return (
-            f"certified into {calib_collection}; {chain} is a chain cpflow did not make, so it was "
+            f"certified into {calib_collection}; {chain_name} is a chain cpflow did not make, so it was "
             f"left unchanged: to use these calibrations by default run `butler collection-chain "
-            f"REPO {chain} --mode prepend {calib_collection}`"
+            f"REPO {chain_name} --mode prepend {calib_collection}`"
         )
-    butler.collections.prepend_chain(chain, calib_collection)
-    _LOG.info("added %s to the calibration chain %s", calib_collection, chain)
+    butler.collections.prepend_chain(chain_name, calib_collection)
+    _LOG.info("added %s to the calibration chain %s", calib_collection, chain_name)
     return None
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "RUN_ACCEPTED",
     "RUN_CANCELLED",
     "RUN_CONFIG",
+    "RUN_REPLAY",
     "STRUCTURED_STORAGE_CLASS",
     "TABLE_STORAGE_CLASS",
     "VERIFICATION_RECORD",
@@ -59,6 +60,8 @@ RUN_ACCEPTED = "cpflowRunAccepted"
 """When a run was accepted and until when its acquisition may be resumed."""
 RUN_CANCELLED = "cpflowRunCancelled"
 """Who cancelled a run, and when."""
+RUN_REPLAY = "cpflowRunReplay"
+"""Which run a replayed run was made from, from which stage, and whether it may certify."""
 VERIFICATION_RECORD = "cpflowVerification"
 """The verification verdict of one calibration type of a run, with the decision's summary."""
 
@@ -154,6 +157,7 @@ def dataset_types(universe: DimensionUniverse) -> list[DatasetType]:
         RUN_CONFIG,
         RUN_ACCEPTED,
         RUN_CANCELLED,
+        RUN_REPLAY,
         ACQUISITION_MANIFEST,
         CALIB_OUTCOME,
         GENERATION_RECORD,

@@ -20,6 +20,7 @@ from shared.records import (
     GenerationRecord,
     RunAccepted,
     RunCancelled,
+    RunReplay,
     VerificationRecord,
 )
 from shared.runconfig import RunConfiguration, validate_run_configuration
@@ -49,6 +50,7 @@ RECORD_DATASET_TYPES: dict[type[BaseModel], str] = {
     CalibOutcome: datasets.CALIB_OUTCOME,
     RunAccepted: datasets.RUN_ACCEPTED,
     RunCancelled: datasets.RUN_CANCELLED,
+    RunReplay: datasets.RUN_REPLAY,
 }
 """The dataset type each kind of per-type record is stored as."""
 
