@@ -50,6 +50,12 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=registry,
         )
+        self.runs_started = Counter(
+            "cpflow_runs_started",
+            "Runs accepted by the acquirer (the alert on stalled runs compares them with the finished ones).",
+            ["instrument"],
+            registry=registry,
+        )
         self.runs_finished = Counter(
             "cpflow_runs_finished",
             "Runs that reached a final state.",

@@ -84,6 +84,7 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
             return
         # Durable before the request is committed: a restart resumes the run from these records.
         await ctx.with_butler("acquire", accept_run, config, event, run_id=event.run_id)
+        ctx.metrics.runs_started.labels(instrument=config.instrument).inc()
         await ctx.status(
             event, "RUNNING", f"accepted: {config.script_mode} on {config.instrument}", stage="acquire"
         )
