@@ -105,6 +105,12 @@ def messaging() -> dashboard.Dashboard:
 
 def _to_dict(board: dashboard.Dashboard) -> dict[str, Any]:
     encoded: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    # The 11.6 SDK writes an interval variable's auto, auto_min and auto_count on every variable;
+    # Grafana's own types (@grafana/schema 13.2.3, the type check of tests/ops) know them on none.
+    for variable in encoded.get("templating", {}).get("list", []):
+        if variable.get("type") != "interval":
+            for key in ("auto", "auto_min", "auto_count"):
+                variable.pop(key, None)
     return encoded
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 from faststream.prometheus.container import MetricsContainer
@@ -88,6 +91,40 @@ def test_dashboards_are_grafana_11_dashboards() -> None:
         assert model.uid == uid and len(model.panels or []) == len(board["panels"])
         ids = [t["refId"] for p in board["panels"] for t in p.get("targets", [])]
         assert all(ids), "every query has a refId"
+
+
+TYPECHECK = MONITORING / "typecheck"
+DASHBOARD_TYPE = "@grafana/schema/dist/esm/raw/dashboard/x/Dashboard_types.gen"
+
+
+def typescript_errors(boards: dict[str, dict[str, Any]]) -> str:
+    """tsc's complaints about ``boards`` declared as Grafana's own ``Dashboard`` type (empty: none)."""
+    tsc = TYPECHECK / "node_modules" / ".bin" / "tsc"
+    assert tsc.exists(), "Grafana's types are not installed: run `make setup`"
+    lines = [f'import type {{ Dashboard }} from "{DASHBOARD_TYPE}";']
+    lines += [
+        f"export const {uid.replace('-', '_')}: Dashboard = {json.dumps(b)};" for uid, b in boards.items()
+    ]
+    with tempfile.TemporaryDirectory(prefix="check-", dir=TYPECHECK) as directory:
+        (Path(directory) / "dashboards.ts").write_text("\n".join(lines) + "\n")
+        (Path(directory) / "tsconfig.json").write_text('{"extends": "../tsconfig.json", "include": ["*.ts"]}')
+        result = subprocess.run(
+            [str(tsc), "-p", directory], capture_output=True, text=True, timeout=120, check=False
+        )
+    return "" if result.returncode == 0 else result.stdout + result.stderr
+
+
+def test_dashboards_type_check_against_grafanas_own_types() -> None:
+    assert typescript_errors(dashboards()) == ""
+
+
+def test_the_type_check_catches_a_wrong_field() -> None:
+    boards = copy.deepcopy(dashboards())
+    boards["cpflow-runs"]["refresh"] = 30
+    boards["cpflow-messaging"]["panels"][0]["gridPoss"] = {"h": 8}
+    found = typescript_errors(boards)
+    assert "TS2322" in found  # refresh: number where Grafana has a string
+    assert "gridPoss" in found
 
 
 def test_every_panel_query_parses(tmp_path: Path) -> None:
