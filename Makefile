@@ -18,7 +18,8 @@ setup: $(STAMP) tools
 	$(BIN)/python -c "from cpflow.kafka_local import fetch_jars; print('kafka jars:', fetch_jars())"
 
 ## tools: what tests/ops needs besides the venv: promtool (Debian's prometheus package), kustomize
-## (kubectl's, else built from its Go module), Grafana's TypeScript types and tsc (npm, pinned)
+## (kubectl's, else built from its Go module), compose-load (tests/ops/composeload, Go), Grafana's
+## TypeScript types and tsc (npm, pinned)
 tools:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus package (promtool, prometheus)"; \
@@ -26,6 +27,9 @@ tools:
 	@command -v kubectl >/dev/null 2>&1 || test -x $(BIN)/kustomize || { \
 	  echo "no kubectl: building kustomize v5.5.0"; \
 	  GOBIN=$(CURDIR)/$(BIN) go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0; }
+	@test -x $(BIN)/compose-load || { \
+	  echo "building compose-load (compose-go v2.16.2, the loader of docker compose)"; \
+	  cd tests/ops/composeload && go build -o $(CURDIR)/$(BIN)/compose-load .; }
 	@test -x monitoring/typecheck/node_modules/.bin/tsc || \
 	  npm ci --prefix monitoring/typecheck --no-audit --no-fund --loglevel=error
 
