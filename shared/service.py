@@ -591,6 +591,7 @@ def create_service(
     ctx = _context(name, settings, broker, registry, router)
     ctx_ref.append(ctx)
     register(router, ctx)
+    ctx.metrics.initialise(name, ctx.consumes)
     broker.include_router(router)
     app = AsgiFastStream(
         broker,
