@@ -387,3 +387,37 @@ def test_the_summit_is_replicated() -> None:
     partitions = int(settings_env(objects)["CPFLOW_PARTITIONS"])
     for name in ("generator", "verifier"):
         assert 1 < named(objects, "Deployment", f"cpflow-{name}")["spec"]["replicas"] <= partitions
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_reference_inside_the_render_resolves(overlay: str) -> None:
+    objects = render(overlay)
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    missing = []
+    for workload in [*of_kind(objects, "Deployment"), *of_kind(objects, "StatefulSet")]:
+        pod = workload["spec"]["template"]["spec"]
+        wanted = [("ServiceAccount", pod["serviceAccountName"])] if "serviceAccountName" in pod else []
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:
+            wanted += [("ConfigMap", e["configMapRef"]["name"]) for e in c.get("envFrom", [])]
+            declared = {v["name"] for v in pod.get("volumes", [])} | {
+                t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])
+            }
+            undeclared = [m["name"] for m in c.get("volumeMounts", []) if m["name"] not in declared]
+            missing += [f"{workload['metadata']['name']}: volume {name}" for name in undeclared]
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                wanted.append(("ConfigMap", volume["configMap"]["name"]))
+            if "persistentVolumeClaim" in volume:
+                wanted.append(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+        missing += [f"{workload['metadata']['name']}: {k} {n}" for k, n in wanted if (k, n) not in names]
+    for user in of_kind(objects, "KafkaUser"):
+        if ("Kafka", user["metadata"]["labels"]["strimzi.io/cluster"]) not in names:
+            missing.append(f"KafkaUser {user['metadata']['name']}: no Kafka cluster")
+    for pool in of_kind(objects, "KafkaNodePool"):
+        if ("Kafka", pool["metadata"]["labels"]["strimzi.io/cluster"]) not in names:
+            missing.append(f"KafkaNodePool {pool['metadata']['name']}: no Kafka cluster")
+    assert missing == []
+    namespaces = {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"}
+    assert namespaces == {
+        named(objects, "Namespace", f"cpflow{'-dev' if overlay == 'dev' else ''}")["metadata"]["name"]
+    }
