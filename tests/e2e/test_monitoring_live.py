@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 from cpflow.dashboards import dashboards, panel_expressions
+from cpflow.kafka_local import LocalKafka
+from cpflow.stack import start_service, stop_service
 from cpflow.topics_reader import publish_raw
 from shared.settings import Settings
 from shared.topics import Topics
@@ -154,6 +156,35 @@ def test_every_panel_and_alert_on_a_real_prometheus(stack: Settings, prometheus:
     assert "CpflowServiceDown" not in fired
     rejected = query(prometheus, 'ALERTS{alertname="CpflowCalibrationRejected", alertstate="firing"}')
     assert {r["metric"]["calib_type"] for r in rejected["data"]["result"]} == {"bias"}
+
+
+def test_a_stopped_service_raises_the_service_down_alert(stack: Settings, prometheus: str) -> None:
+    """Stopped by pid, the certifier's target goes down and CpflowServiceDown is pending (it fires
+    after its 2 minutes); started again, it is ready for the tests that follow."""
+    stop_service(stack, "certifier")
+    try:
+
+        def pending() -> list[dict[str, Any]]:
+            body = query(prometheus, 'ALERTS{alertname="CpflowServiceDown", alertstate="pending"}')
+            result: list[dict[str, Any]] = body["data"]["result"]
+            return result
+
+        alerts = wait_until(pending, timeout=60)
+        assert {a["metric"]["job"] for a in alerts} == {"cpflow-certifier"}
+        assert _value(prometheus, 'up{job="cpflow-certifier"}') == 0
+    finally:
+        kafka = LocalKafka(stack.home, stack.kafka_port, stack.kafka_controller_port)
+        start_service(stack, "certifier", kafka.credentials("certifier") or {})
+        url = f"http://127.0.0.1:{stack.http_ports['certifier']}/readyz"
+        wait_until(lambda: _answers(url), timeout=120)
+    wait_until(lambda: _value(prometheus, 'up{job="cpflow-certifier"}') == 1, timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _all_up(url: str) -> list[str]:
