@@ -13,8 +13,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
-## setup: virtual environment with cpflow installed, the Kafka jars in the cache, the ops tools
+## setup: virtual environment with cpflow installed, the Kafka jars in the cache, the ops tools, and
+## Debian's chromium (the report's browser test) when it is missing
 setup: $(STAMP) tools
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium (headless browser of the report test)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+		|| echo "warning: could not install chromium; tests/e2e/test_report.py needs it"; }
 	$(BIN)/python -c "from cpflow.kafka_local import fetch_jars; print('kafka jars:', fetch_jars())"
 
 ## tools: what tests/ops needs besides the venv: promtool (Debian's prometheus package), kustomize

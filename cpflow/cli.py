@@ -4,6 +4,7 @@
     cpflow submit CONFIG.yaml [--wait] [--timeout SECONDS]
     cpflow status [RUN_ID] [--json]
     cpflow events RUN_ID [--json]
+    cpflow report RUN_ID [-o DIR]
     cpflow demo [CONFIG.yaml]
 
 Exit codes of ``submit``: 0 submitted (with ``--wait``: the run SUCCEEDED), 1 the run FAILED,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,10 @@ from cpflow.demo import DEMO_CONFIG, run_demo
 from cpflow.runview import RunView, build_views
 from cpflow.submission import (
     EXIT_BROKER,
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_REJECTED,
+    EXIT_REPOSITORY,
     EXIT_USAGE,
     cancel_run,
     print_status_line,
@@ -36,6 +40,7 @@ from cpflow.submission import (
     wait_for_run,
 )
 from cpflow.topics_reader import read_events
+from shared.butler.datasets import DatasetTypeConflict
 from shared.kafka_access import connection_for
 from shared.runconfig import ConfigurationError
 from shared.settings import Settings, SettingsError, load_settings
@@ -134,6 +139,91 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_deadletters(args: argparse.Namespace, settings: Settings) -> int:
+    from cpflow.deadletters import RedriveError, read_letters, redrive, select
+
+    letters = select(
+        asyncio.run(read_letters(connection_for(settings), settings, run_id=args.run)), ids=args.id
+    )
+    if args.action == "list":
+        summaries = [letter.summary() for letter in letters]
+        if args.json:
+            print(json.dumps(summaries, indent=2))
+        elif not summaries:
+            print("no dead letters")
+        for summary in [] if args.json else summaries:
+            print(
+                f"{summary['id']}  {summary['time']}  run {summary['run_id']}  {summary['service']}  "
+                f"{summary['origin']}  {summary['size']} B ({summary['kept']})\n    {summary['error'][:300]}"
+            )
+        return EXIT_OK
+    if not args.id and not args.run:
+        print(
+            "cpflow deadletters redrive: choose letters with --id ID (repeatable) or --run RUN_ID",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if not letters:
+        print("no dead letter matches", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        # Redriving writes the services' own topics, which only a privileged user may do.
+        redriven = asyncio.run(redrive(connection_for(settings, "admin"), settings, letters))
+    except RedriveError as exc:
+        print(f"cpflow deadletters redrive: {exc}; nothing was redriven", file=sys.stderr)
+        return EXIT_FAILED
+    for letter_id in redriven:
+        print(f"redriven {letter_id}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from cpflow.report import find_run, write_report
+    from shared.butler.repo import open_butler
+
+    butler = open_butler(settings.butler_repo, writeable=False)
+    try:
+        if find_run(butler, args.run_id) is None:
+            print(
+                f"cpflow report: no run {args.run_id} in the butler at {settings.butler_repo}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        notes: list[str] = []
+        try:
+            events = _events(settings, args.run_id)
+        except (KafkaError, OSError, RuntimeError) as exc:
+            # The butler is the authority: the page is written without the timeline.
+            events = []
+            notes.append(f"the run's events could not be read from the broker ({type(exc).__name__}: {exc})")
+            print(f"note: {notes[-1]}; the page has no timeline", file=sys.stderr)
+        path = write_report(butler, args.run_id, Path(args.output), events=events, notes=notes)
+    finally:
+        butler.close()
+    print(path)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from cpflow.export import ExportError, export_run, ingest_commands
+    from shared.butler.repo import open_butler
+
+    directory = Path(args.to or f"cpflow-export-{args.run_id}").absolute()
+    try:
+        with open_butler(settings.butler_repo, writeable=False) as butler:
+            exported = export_run(butler, args.run_id, directory)
+    except ExportError as exc:
+        print(f"cpflow export: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    instrument = exported[0].data_id["instrument"]
+    print(f"exported {len(exported)} calibration file(s) of run {args.run_id} to {directory}")
+    print(f"manifest: {directory / 'manifest.json'}; the same commands: sh {directory / 'ingest.sh'} REPO")
+    print("to ingest and certify them in a Rubin repository REPO:")
+    for command in ingest_commands(exported, directory, str(instrument), args.run_id):
+        print(f"  {command}")
+    return EXIT_OK
+
+
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from cpflow.stack import stack_credentials, stack_down, stack_status, stack_up
 
@@ -205,6 +295,30 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", default="cancelled by an operator")
     cancel.set_defaults(func=cmd_cancel)
 
+    export = sub.add_parser(
+        "export",
+        help="copy a run's certified calibrations with a manifest and the butler commands to ingest them",
+    )
+    export.add_argument("run_id")
+    export.add_argument("--to", help="directory (default ./cpflow-export-RUN_ID)")
+    export.set_defaults(func=cmd_export)
+
+    letters = sub.add_parser(
+        "deadletters", help="list dead letters, or redrive chosen ones to their origin topic"
+    )
+    letters.add_argument("action", nargs="?", choices=["list", "redrive"], default="list")
+    letters.add_argument("--run", help="only the letters of this run")
+    letters.add_argument("--id", action="append", default=[], help="a letter's id (repeatable)")
+    letters.add_argument("--json", action="store_true", help="list: as JSON")
+    letters.set_defaults(func=cmd_deadletters)
+
+    report = sub.add_parser(
+        "report", help="write one self-contained HTML page with plots about a run (verification, PTC, images)"
+    )
+    report.add_argument("run_id")
+    report.add_argument("-o", "--output", default=".", help="directory of the page <RUN_ID>.html (default .)")
+    report.set_defaults(func=cmd_report)
+
     demo = sub.add_parser(
         "demo",
         help="start the stack, run a whole LATISS calibration run (BIAS_DARK_FLAT, defects, PTC), "
@@ -220,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The client library's own connection errors would repeat what the CLI says in one line.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -229,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args, settings))
     except KeyboardInterrupt:
         return 130
+    except DatasetTypeConflict as exc:
+        print(f"cpflow: {exc}", file=sys.stderr)
+        return EXIT_REPOSITORY
     except (KafkaError, OSError, RuntimeError) as exc:
         if not _broker_unreachable(exc):
             raise

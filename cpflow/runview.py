@@ -105,6 +105,8 @@ class RunView:
                 "reason": event.get("reason"),
                 "summary": summary.get("text"),
                 "tests": summary.get("tests", {}),
+                "noise_rule": summary.get("noise_rule"),
+                "noise_rules": summary.get("noise_rules", {}),
             }
         elif kind == "calib.certified":
             t = self._type(event["calib_type"])
@@ -166,6 +168,13 @@ class RunView:
                 lines.append(f"    verification:  {ver['verdict']}  failed tests: {failed}")
                 for test, n in sorted((ver.get("tests") or {}).items()):
                     lines.append(f"                   {test:22s} {n['pass']:5d} passed {n['fail']:5d} failed")
+                for rule, verdict in (ver.get("noise_rules") or {}).items():
+                    role = "decides" if rule == ver.get("noise_rule") else "reported"
+                    outcome = "certify" if verdict.get("certify") else "reject"
+                    lines.append(
+                        f"                   NOISE rule {rule} ({role}): {outcome}, "
+                        f"{verdict.get('noise_failures', 0)} NOISE failures"
+                    )
                 if ver.get("failed_exposures"):
                     lines.append(f"                   failed exposures: {ver['failed_exposures']}")
                 if ver.get("thresholds"):

@@ -25,6 +25,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_REJECTED",
+    "EXIT_REPOSITORY",
     "EXIT_TIMEOUT",
     "EXIT_USAGE",
     "cancel_run",
@@ -35,9 +36,17 @@ __all__ = [
     "wait_for_run",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_USAGE, EXIT_BROKER = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_USAGE, EXIT_BROKER, EXIT_REPOSITORY = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
 """Exit codes: submitted (with ``--wait``: SUCCEEDED), FAILED, REJECTED, no final state in time, bad
-environment, the broker cannot be reached."""
+environment, the broker cannot be reached, the butler repository defines cpflow's dataset types otherwise."""
 
 
 def new_run_id() -> str:

@@ -32,11 +32,17 @@ def _options(connection: Connection) -> dict[str, Any]:
     return connection.aiokafka_options()
 
 
-async def publish_raw(connection: Connection, topic: str, value: bytes, key: bytes | None) -> None:
+async def publish_raw(
+    connection: Connection,
+    topic: str,
+    value: bytes,
+    key: bytes | None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
     producer = AIOKafkaProducer(**_options(connection), enable_idempotence=True)
-    await producer.start()
     try:
-        await producer.send_and_wait(topic, value=value, key=key)
+        await producer.start()
+        await producer.send_and_wait(topic, value=value, key=key, headers=headers)
     finally:
         await producer.stop()
 
@@ -51,8 +57,8 @@ async def _assign_all(
     partitions: list[TopicPartition] = []
     wanted = list(topics)
     admin = AIOKafkaAdminClient(**_options(connection))
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_topics(wanted)
     finally:
         await admin.close()
@@ -105,9 +111,9 @@ async def read_events(
     with each such record.
     """
     consumer = AIOKafkaConsumer(**_options(connection), enable_auto_commit=False, group_id=None)
-    await consumer.start()
     events: list[dict[str, Any]] = []
     try:
+        await consumer.start()
         partitions = await _assign_all(consumer, connection, list(topics))
         end = await consumer.end_offsets(partitions)
         deadline = time.monotonic() + timeout
@@ -152,8 +158,8 @@ async def wait_for_final_status(
     statuses: list[dict[str, Any]] = []
     failed_at: float | None = None
     consumer = AIOKafkaConsumer(**_options(connection), enable_auto_commit=False, group_id=None)
-    await consumer.start()
     try:
+        await consumer.start()
         await _assign_all(consumer, connection, [status_topic])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

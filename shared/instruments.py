@@ -180,7 +180,14 @@ class Instrument:
     obs_id_prefix: str
     """Prefix of OBSID values, e.g. ``AT_O`` for LATISS."""
     has_grating: bool = False
-    exposure_max: int = 99_999_999_999_999
+    exposure_max: int = 7_050_123_199_999
+    """Largest exposure id (and visit id) of the instrument record, as obs_lsst registers it."""
+    detector_max: int = 1000
+    """``detector_max`` of the instrument record, as obs_lsst registers it (LATISS: 1)."""
+    visit_system: int = 2
+    """obs_base's default visit system (``BY_SEQ_START_END``)."""
+    whole_detector_names: bool = False
+    """The detector records have no raft and the whole name as ``name_in_raft`` (obs_lsst's LATISS)."""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -265,7 +272,7 @@ def _latiss() -> Instrument:
     )
     return Instrument(
         name="LATISS",
-        class_name="cpflow.instruments.LATISS",
+        class_name="lsst.obs.lsst.Latiss",
         detectors=(det,),
         filters=(
             ("empty~empty", "white"),
@@ -278,6 +285,8 @@ def _latiss() -> Instrument:
         default_filter="empty~empty",
         obs_id_prefix="AT_O",
         has_grating=True,
+        detector_max=1,
+        whole_detector_names=True,
     )
 
 
@@ -302,7 +311,7 @@ def _comcam() -> Instrument:
         )
     return Instrument(
         name="LSSTComCam",
-        class_name="cpflow.instruments.LSSTComCam",
+        class_name="lsst.obs.lsst.LsstComCam",
         detectors=tuple(detectors),
         filters=(
             ("empty", "white"),

@@ -6,12 +6,21 @@ gains (→ e⁻) → parallel overscan per column → assemble/trim → bias →
 → variance → flat → NO_DATA mask for non-finite pixels.
 
 Crosstalk, linearity, CTI, brighter-fatter and integer dithering are not applied.
+
+Overscan fits (issue 13). IsrTaskLSST takes a median per row (serial) and per column
+(parallel); each median's noise goes into every pixel of its row or column, ≈ (π/2)·σ²/n in
+variance, plus a quantisation error on integer ADU. cpflow's default (``AUTO``, see
+`fit_overscan_levels`) uses per-row *means* of the outlier-masked overscan (σ²/n) where the
+overscan shows real row-to-row (column-to-column) structure, and a smooth polynomial along the
+rows (columns) where it does not. ``MEDIAN_PER_ROW`` reproduces IsrTaskLSST.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -20,9 +29,13 @@ from shared.instruments import AmplifierGeometry, Detector
 from shared.stats import IQ_TO_STDEV, clipped_stdev, nanquantile_sorted
 
 __all__ = [
+    "OVERSCAN_FITS",
+    "SMOOTH",
     "IsrConfig",
     "IsrResult",
+    "OverscanFit",
     "assemble",
+    "fit_overscan_levels",
     "parallel_overscan_per_column",
     "run_isr",
     "serial_overscan_per_row",
@@ -33,13 +46,37 @@ _OUTLIER_SIGMA = 3.0
 _FILL_HALF_WIDTH = 5
 """Undefined overscan rows are filled from the median of this many neighbours on each side."""
 
+OverscanFit = Literal["AUTO", "MEAN_PER_ROW", "MEDIAN_PER_ROW"]
+"""How an overscan is turned into one level per row (serial) or per column (parallel).
 
-def _robust_row_medians(block: np.ndarray) -> np.ndarray:
-    """Per-row median of ``block`` after masking outliers at 3 IQR-sigma about the row median.
+``MEDIAN_PER_ROW`` is IsrTaskLSST's default (cp_algorithms.md §2.1): the median of each row's
+overscan pixels after the outlier mask; its variance is ≈ (π/2)·σ²/n (n pixels per row) and,
+on integer ADU, it carries a quantisation error that does not average down. ``MEAN_PER_ROW``
+(also an ip_isr fit type) is the mean of the same kept pixels: variance σ²/n. ``AUTO`` (cpflow's
+default) uses the per-row means when the overscan shows real row-to-row structure and a smooth
+fit along the rows otherwise (see `fit_overscan_levels`).
+"""
+OVERSCAN_FITS: tuple[str, ...] = ("AUTO", "MEAN_PER_ROW", "MEDIAN_PER_ROW")
+SMOOTH = "SMOOTH"
+"""What ``AUTO`` reports when it used the smooth fit."""
+
+
+@dataclass(frozen=True)
+class _RowStatistics:
+    """Per-row robust statistics of an overscan block (rows = the levels to estimate)."""
+
+    median: np.ndarray
+    mean: np.ndarray
+    n_kept: np.ndarray
+    sigma: float
+    """Pooled standard deviation of a kept pixel about its row's mean (NaN if undefined)."""
+
+
+def _row_statistics(block: np.ndarray) -> _RowStatistics:
+    """Per-row median and mean of ``block`` after masking outliers at 3 IQR-sigma about the row median.
 
     Rows whose IQR-sigma exceeds twice the median IQR-sigma use the median sigma instead, so one
-    noisy row cannot widen its own rejection window. Rows with no usable value are filled from
-    the median of their ±5 neighbouring rows.
+    noisy row cannot widen its own rejection window.
     """
     block = np.asarray(block, dtype=np.float64)
     if block.shape[1] == 0:
@@ -56,9 +93,67 @@ def _robust_row_medians(block: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         keep = np.abs(block - median[:, None]) <= _OUTLIER_SIGMA * sigma[:, None]
     clipped = np.where(keep, block, np.nan)
+    n_kept = keep.sum(axis=1)
     ordered = np.sort(clipped, axis=1)
-    values = nanquantile_sorted(ordered, keep.sum(axis=1), 0.5, axis=1)
-    return _fill_undefined(values)
+    medians = nanquantile_sorted(ordered, n_kept, 0.5, axis=1)
+    sums = np.where(keep, block, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(n_kept > 0, sums / np.maximum(n_kept, 1), np.nan)
+        deviations = np.where(keep, block - means[:, None], 0.0)
+        dof = int(np.maximum(n_kept - 1, 0).sum())
+        pooled = math.sqrt(float((deviations**2).sum()) / dof) if dof > 0 else math.nan
+    return _RowStatistics(median=medians, mean=means, n_kept=n_kept, sigma=pooled)
+
+
+def _smooth_fit(values: np.ndarray, variance: np.ndarray, order: int) -> np.ndarray:
+    """Legendre polynomial of ``order`` fitted to the finite ``values`` (one 5-sigma rejection pass)."""
+    x = np.linspace(-1.0, 1.0, values.size)
+    good = np.isfinite(values) & np.isfinite(variance)
+    coefficients = np.polynomial.legendre.legfit(x[good], values[good], order)
+    fit = np.polynomial.legendre.legval(x, coefficients)
+    inliers = good & (np.abs(values - fit) <= 5.0 * np.sqrt(variance))
+    if order + 1 < inliers.sum() < good.sum():
+        coefficients = np.polynomial.legendre.legfit(x[inliers], values[inliers], order)
+        fit = np.polynomial.legendre.legval(x, coefficients)
+    return np.asarray(fit, dtype=np.float64)
+
+
+def fit_overscan_levels(
+    block: np.ndarray, fit: str = "AUTO", *, order: int = 3, structure_sigma: float = 5.0
+) -> tuple[np.ndarray, str]:
+    """One overscan level per row of ``block``, and the fit that was used.
+
+    ``MEDIAN_PER_ROW`` and ``MEAN_PER_ROW``: the robust median or mean of each row (outliers
+    masked at 3 IQR-sigma; rows with no usable pixel filled from the median of their ±5
+    neighbouring rows). ``AUTO``: the per-row means ``v_i`` (each with variance
+    ``e_i = s²/n_i``, ``s`` the pooled pixel scatter, ``n_i`` the kept pixels) are compared with a
+    Legendre polynomial ``p`` of ``order`` fitted along the rows. If
+    ``r = mean((v_i - p_i)² / e_i)`` is within ``structure_sigma · sqrt(2 / (M - order - 1))``
+    of 1 (M rows), the rows scatter about ``p`` as their own noise predicts, there is no
+    row-to-row structure to keep, and ``p`` is used: its noise per row is ≈ (order + 1)/M of a
+    per-row mean's. Otherwise (real structure such as row jitter, a bias jump, a badly fitted
+    drift) the per-row means are kept, so structure is never smoothed away; the reported fit is
+    then ``MEAN_PER_ROW``, else ``SMOOTH``.
+    """
+    if fit not in OVERSCAN_FITS:
+        raise ValueError(f"unknown overscan fit {fit!r}; choose one of {', '.join(OVERSCAN_FITS)}")
+    stats = _row_statistics(block)
+    if fit == "MEDIAN_PER_ROW":
+        return _fill_undefined(stats.median), fit
+    values = _fill_undefined(stats.mean)
+    if fit == "MEAN_PER_ROW":
+        return values, fit
+    defined = stats.n_kept > 0
+    dof = int(defined.sum()) - order - 1
+    if dof < 2 * (order + 1) or not (math.isfinite(stats.sigma) and stats.sigma > 0):
+        return values, "MEAN_PER_ROW"
+    with np.errstate(divide="ignore"):
+        variance = np.where(defined, stats.sigma**2 / np.maximum(stats.n_kept, 1), np.nan)
+    smooth = _smooth_fit(np.where(defined, values, np.nan), variance, order)
+    ratio = float(np.mean((values[defined] - smooth[defined]) ** 2 / variance[defined]))
+    if ratio <= 1.0 + structure_sigma * math.sqrt(2.0 / dof):
+        return smooth, SMOOTH
+    return values, "MEAN_PER_ROW"
 
 
 def _fill_undefined(values: np.ndarray) -> np.ndarray:
@@ -97,8 +192,10 @@ def serial_overscan_per_row(
     leading_to_skip: int = 3,
     trailing_to_skip: int = 3,
     include_parallel_rows: bool = False,
+    fit: OverscanFit = "AUTO",
+    order: int = 3,
 ) -> np.ndarray:
-    """Per-row level of the serial overscan (``MEDIAN_PER_ROW``), in the units of ``raw_amp``.
+    """Per-row level of the serial overscan, in the units of ``raw_amp``.
 
     Parameters
     ----------
@@ -110,6 +207,8 @@ def serial_overscan_per_row(
         Overscan columns ignored next to the data section and at the far end.
     include_parallel_rows : `bool`
         Also return values for the parallel-overscan rows (needed before the parallel fit).
+    fit, order : `str`, `int`
+        See `fit_overscan_levels`.
 
     Returns
     -------
@@ -119,7 +218,7 @@ def serial_overscan_per_row(
     _check_shape(raw_amp, amp)
     n_rows = amp.raw_rows if include_parallel_rows else amp.data_rows
     block = _serial_overscan_block(raw_amp, amp, leading_to_skip, trailing_to_skip, n_rows)
-    return _robust_row_medians(block)
+    return fit_overscan_levels(block, fit, order=order)[0]
 
 
 def parallel_overscan_per_column(
@@ -129,6 +228,8 @@ def parallel_overscan_per_column(
     leading_to_skip: int = 3,
     trailing_to_skip: int = 3,
     max_deviation: float | None = 100.0,
+    fit: OverscanFit = "AUTO",
+    order: int = 3,
 ) -> np.ndarray:
     """Per-column level of the parallel overscan, one value per data column.
 
@@ -143,7 +244,24 @@ def parallel_overscan_per_column(
     max_deviation : `float`, optional
         Pixels more than this above zero (charge bleeding from saturated columns) are ignored,
         in the units of ``amp_array``. `None` disables the cut.
+    fit, order : `str`, `int`
+        See `fit_overscan_levels` (here along the columns).
     """
+    return _parallel_levels(
+        amp_array, amp, leading_to_skip, trailing_to_skip, max_deviation, fit=fit, order=order
+    )[0]
+
+
+def _parallel_levels(
+    amp_array: np.ndarray,
+    amp: AmplifierGeometry,
+    leading_to_skip: int,
+    trailing_to_skip: int,
+    max_deviation: float | None,
+    *,
+    fit: str,
+    order: int,
+) -> tuple[np.ndarray, str]:
     _check_shape(amp_array, amp)
     _check_skip(amp.parallel_overscan_rows, leading_to_skip, trailing_to_skip, "parallel overscan rows")
     rows, cols = amp.parallel_overscan_slice
@@ -152,7 +270,7 @@ def parallel_overscan_per_column(
     )
     if max_deviation is not None:
         block = np.where(block > max_deviation, np.nan, block)
-    return _robust_row_medians(block.T)
+    return fit_overscan_levels(block.T, fit, order=order)
 
 
 def _check_shape(array: np.ndarray, amp: AmplifierGeometry) -> None:
@@ -208,6 +326,10 @@ class IsrConfig:
     parallel_leading_to_skip: int = 3
     parallel_trailing_to_skip: int = 3
     parallel_max_deviation: float | None = 100.0
+    serial_fit: OverscanFit = "AUTO"
+    parallel_fit: OverscanFit = "AUTO"
+    overscan_order: int = 3
+    """Order of the Legendre polynomial of the ``AUTO`` smooth fits."""
 
 
 @dataclass
@@ -223,11 +345,15 @@ class IsrResult:
         per-row fit, in ADU (cp_verify's ``READ_NOISE_ADU``).
     amp_boxes : `dict` [`str`, `tuple` [`slice`, `slice`]]
         Each amplifier's region in the assembled image.
+    overscan_fits : `dict` [`str`, `dict` [`str`, `str`]]
+        Per amplifier, the fit used for ``serial`` and ``parallel`` (``MEAN_PER_ROW``,
+        ``MEDIAN_PER_ROW`` or ``SMOOTH``; see `fit_overscan_levels`).
     """
 
     image: CalibImage
     overscan_noise_adu: dict[str, float] = field(default_factory=dict)
     amp_boxes: dict[str, tuple[slice, slice]] = field(default_factory=dict)
+    overscan_fits: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _check_calib(calib: CalibImage | None, shape: tuple[int, int], what: str) -> None:
@@ -277,6 +403,7 @@ def run_isr(
     data_sections: dict[str, np.ndarray] = {}
     saturated: dict[str, np.ndarray] = {}
     overscan_noise: dict[str, float] = {}
+    overscan_fits: dict[str, dict[str, str]] = {}
     read_noise_sq = np.empty(shape, dtype=np.float32)
     inverse_gain = np.empty(shape, dtype=np.float32)
     for amp in detector.amplifiers:
@@ -285,7 +412,8 @@ def run_isr(
         block = _serial_overscan_block(
             raw_amp, amp, config.serial_leading_to_skip, config.serial_trailing_to_skip, amp.raw_rows
         )
-        serial = _robust_row_medians(block)
+        serial, serial_fit = fit_overscan_levels(block, config.serial_fit, order=config.overscan_order)
+        overscan_fits[amp.name] = {"serial": serial_fit}
         overscan_noise[amp.name] = clipped_stdev(block[: amp.data_rows] - serial[: amp.data_rows, None])
 
         array = raw_amp.astype(np.float32)
@@ -299,13 +427,16 @@ def run_isr(
         else:
             read_noise, poisson_scale = amp.read_noise / gain, 1.0 / gain
         if config.do_parallel_overscan:
-            columns = parallel_overscan_per_column(
+            columns, parallel_fit = _parallel_levels(
                 array,
                 amp,
-                leading_to_skip=config.parallel_leading_to_skip,
-                trailing_to_skip=config.parallel_trailing_to_skip,
-                max_deviation=config.parallel_max_deviation,
+                config.parallel_leading_to_skip,
+                config.parallel_trailing_to_skip,
+                config.parallel_max_deviation,
+                fit=config.parallel_fit,
+                order=config.overscan_order,
             )
+            overscan_fits[amp.name]["parallel"] = parallel_fit
             array[amp.data_slice] -= columns.astype(np.float32)[None, :]
         data_sections[amp.name] = array[amp.data_slice]
         read_noise_sq[amp.detector_slice] = read_noise**2
@@ -344,4 +475,5 @@ def run_isr(
         image=CalibImage(image=image, mask=mask, variance=variance.astype(np.float32), header=header),
         overscan_noise_adu=overscan_noise,
         amp_boxes={a.name: a.detector_slice for a in detector.amplifiers},
+        overscan_fits=overscan_fits,
     )

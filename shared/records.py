@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from shared.calibtypes import CALIB_TYPES, ImageType
 from shared.identifiers import validate_collection_name, validate_run_id
 from shared.instruments import get_instrument, instrument_names
-from shared.runconfig.vocabulary import InstrumentName
+from shared.runconfig.vocabulary import InstrumentName, VerifyNoiseRule
 
 __all__ = [
     "AcquisitionManifest",
@@ -28,6 +28,7 @@ __all__ = [
     "CertificationRecord",
     "CollectionName",
     "GenerationRecord",
+    "NoiseRuleVerdict",
     "Outcome",
     "RunAccepted",
     "RunCancelled",
@@ -137,6 +138,14 @@ class GenerationRecord(_Record):
     duration_s: float | None = None
 
 
+class NoiseRuleVerdict(_Record):
+    """What one NOISE rule (``cpflow`` or ``cp_verify``) decides on a bias or dark verification."""
+
+    certify: bool
+    noise_failures: int = Field(ge=0, description="Failed amplifier NOISE tests, pooled over the exposures.")
+    failed_exposures: list[int] = Field(default_factory=list)
+
+
 class VerificationSummary(_Record):
     """What the reference script logs about a verification, as data."""
 
@@ -155,6 +164,13 @@ class VerificationSummary(_Record):
         description="Test name → {'pass': n, 'fail': n} over exposures, detectors, amplifiers.",
     )
     text: str = ""
+    noise_rule: VerifyNoiseRule | None = Field(
+        default=None, description="The NOISE rule that decided (verify_noise_rule); None for flats."
+    )
+    noise_rules: dict[VerifyNoiseRule, NoiseRuleVerdict] = Field(
+        default_factory=dict,
+        description="Both NOISE rules' decisions (cpflow: expected noise; cp_verify: read noise).",
+    )
 
     def failed_tests(self) -> dict[str, int]:
         """Failures per test name, summed over the exposures."""
@@ -197,6 +213,11 @@ class CertificationRecord(_Record):
     dataset_ids: dict[str, DatasetId] = Field(default_factory=dict)
     outcome: Outcome = "ok"
     reason: str | None = None
+    note: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="Where the calibrations are when <INSTR>/calib does not include them, and what to do.",
+    )
 
 
 class RunAccepted(_Record):

@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from pydantic import BaseModel
 from tenacity import AsyncRetrying, stop_after_attempt, wait_fixed
 
+from shared.butler.datasets import DatasetTypeConflict, check_dataset_types
 from shared.butler.factory import ButlerFactory
 from shared.butler.runrecords import differences
 from shared.events import (
@@ -415,6 +416,22 @@ class ServiceContext:
             problems.append("butler: no answer within 10 s")
         return problems
 
+    async def check_repository(self) -> None:
+        """Refuse to start on a repository that defines cpflow's dataset types otherwise.
+
+        Runs before the broker connects, so no event is consumed by a service that could only fail it.
+        """
+
+        def check() -> None:
+            with self.butlers.butler() as butler:
+                check_dataset_types(butler)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._probe_executor, check)
+        except DatasetTypeConflict as exc:
+            self.log.error("refusing to start: %s", exc)
+            raise
+
     async def started(self) -> None:
         for hook in self.on_startup:
             await hook()
@@ -597,6 +614,7 @@ def create_service(
         broker,
         asgi_routes=[("/metrics", make_asgi_app(registry)), *_health_routes(ctx_ref)],
         specification=_specification(),
+        on_startup=[ctx.check_repository],
         after_startup=[ctx.started],
         on_shutdown=[ctx.stopping],
         after_shutdown=[ctx.close],

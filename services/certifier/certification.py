@@ -39,6 +39,8 @@ class CertificationResult:
     dataset_ids: dict[str, str]
     begin: str
     end: str
+    note: str | None = None
+    """Where the calibrations are when ``<INSTR>/calib`` does not include them, and what to do."""
 
 
 def _tai(value: datetime) -> Time:
@@ -77,13 +79,14 @@ def certify_type(
             raise LookupError(f"{len(missing)} verified {dataset_type} dataset(s) are not in {collection}")
     if not refs:
         raise LookupError(f"no {dataset_type} datasets in {collection} to certify")
-    ensure_calibration_collection(butler, instrument, calib_collection)
+    note = ensure_calibration_collection(butler, instrument, calib_collection)
     status = certify_calibrations(butler, refs, calib_collection, _tai(begin), _tai(end))
     return CertificationResult(
         status=status,
         dataset_ids={str(ref.dataId["detector"]): str(ref.id) for ref in refs},
         begin=_tai(begin).isot,
         end=_tai(end).isot,
+        note=note,
     )
 
 
@@ -177,6 +180,8 @@ def outcome_of_certification(
             ),
         )
     summary = f"{calib_type} certified into {calib_collection} for [{result.begin}, {result.end})"
+    if result.note:
+        summary = f"{summary}; {result.note}"
     return (
         _outcome(
             verification,
@@ -196,6 +201,7 @@ def outcome_of_certification(
             begin=result.begin,
             end=result.end,
             dataset_ids=result.dataset_ids,
+            note=result.note,
         ),
     )
 

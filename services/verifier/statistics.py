@@ -31,6 +31,7 @@ __all__ = [
     "FLAT_NOISE_TOLERANCE",
     "FLAT_SCATTER_TOLERANCE",
     "INFORMATIONAL_TESTS",
+    "NOISE_RULE_TESTS",
     "NOISE_TOLERANCE",
     "STAGES",
     "VERIFY_MASK",
@@ -46,6 +47,7 @@ __all__ = [
     "verify_bias_amplifiers",
     "verify_flat_amplifiers",
     "verify_flat_detector",
+    "with_noise_rule",
 ]
 
 VERIFY_MASK = int(MaskPlane.DETECTED | MaskPlane.BAD | MaskPlane.NO_DATA)
@@ -57,8 +59,13 @@ FLAT_NOISE_TOLERANCE = 0.05
 """cpflow's relative tolerance of the flat NOISE test (see `verify_flat_amplifiers`)."""
 FLAT_SCATTER_TOLERANCE = 0.05
 """Flat detector and exposure SCATTER tests: largest relative scatter of the means."""
-INFORMATIONAL_TESTS = frozenset({"READ_NOISE_CONSISTENT"})
-"""Tests reported after SUCCESS is computed; they neither count in SUCCESS nor in FAILURES."""
+INFORMATIONAL_TESTS = frozenset({"READ_NOISE_CONSISTENT", "NOISE_CPFLOW", "NOISE_CP_VERIFY"})
+"""Tests reported after SUCCESS is computed; they neither count in SUCCESS nor in FAILURES.
+
+``NOISE_CPFLOW`` and ``NOISE_CP_VERIFY`` are the two NOISE rules side by side; ``NOISE`` (counted)
+is the one the run chose (``verify_noise_rule``)."""
+NOISE_RULE_TESTS = {"cpflow": "NOISE_CPFLOW", "cp_verify": "NOISE_CP_VERIFY"}
+"""The informational test that holds each NOISE rule's outcome."""
 STAGES = ("BIAS", "DARK", "FLAT", "DEFECTS", "PTC")
 """Stage names used as column prefixes by `results_rows` (as cp_verify's tables)."""
 _NOISE_SIGMA = 5.0
@@ -169,13 +176,20 @@ def verify_amplifiers(
     stats: Mapping[str, Mapping[str, float]],
     read_noise: Mapping[str, float],
     gains: Mapping[str, float] | None = None,
+    *,
+    expected_noise: Mapping[str, float] | None = None,
+    noise_rule: str = "cpflow",
 ) -> dict[str, dict[str, bool]]:
     """DMTN-101 bias tests 4.2–4.4 (dark tests 5.2–5.4), per amplifier, as cp_verify.
 
-    With RN = ``read_noise[amp]`` (e⁻, the PTC read noise):
+    With RN = ``read_noise[amp]`` (e⁻, the PTC read noise) and E = ``expected_noise[amp]`` (the
+    residual's expected noise given its reference, `services.verifier.expected_noise`; RN when
+    not given):
 
     - ``MEAN``: ``|MEAN| < NOISE``;
-    - ``NOISE``: ``(NOISE - RN)/RN ≤ 0.05`` (one-sided);
+    - ``NOISE_CP_VERIFY`` (informational): ``(NOISE - RN)/RN ≤ 0.05`` (one-sided), cp_verify's;
+    - ``NOISE_CPFLOW`` (informational): ``(NOISE - E)/E ≤ 0.05`` (one-sided), cpflow's;
+    - ``NOISE``: the one ``noise_rule`` names (``cpflow`` or ``cp_verify``);
     - ``CR_NOISE``: ``|NOISE - CR_NOISE|/CR_NOISE ≤ 0.05``;
     - ``PROCESSING``: False only when the cosmic-ray repair failed (``FORCE_FAILURE``);
     - ``SUCCESS``: AND of the four;
@@ -192,6 +206,16 @@ def verify_amplifiers(
         cr_noise = amp_stats.get("CR_NOISE", math.nan)
         rn = float(read_noise[amp])
         tests = _mean_noise_tests(mean, noise, rn, amp)
+        expected = float((expected_noise or {}).get(amp, rn))
+        rules = {
+            "cp_verify": tests["NOISE"],
+            "cpflow": bool(
+                expected > 0 and _finite(noise, expected) and (noise - expected) / expected <= NOISE_TOLERANCE
+            ),
+        }
+        if noise_rule not in rules:
+            raise ValueError(f"unknown NOISE rule {noise_rule!r}; valid values are: {', '.join(rules)}")
+        tests["NOISE"] = rules[noise_rule]
         tests["CR_NOISE"] = bool(
             _finite(noise, cr_noise) and cr_noise > 0 and abs(noise - cr_noise) / cr_noise <= NOISE_TOLERANCE
         )
@@ -202,6 +226,8 @@ def verify_amplifiers(
         tests["READ_NOISE_CONSISTENT"] = bool(
             _finite(overscan_rn) and (overscan_rn - rn) / rn <= NOISE_TOLERANCE
         )
+        for rule, test in NOISE_RULE_TESTS.items():
+            tests[test] = rules[rule]
         verify[amp] = tests
     return verify
 
@@ -358,6 +384,38 @@ def detector_verification(
     result["VERIFY"] = verify
     result["SUCCESS"] = bool(success)
     return result
+
+
+def with_noise_rule(
+    det_results: Mapping[int, Mapping[str, Mapping[str, Any]]], noise_rule: str
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """The per-detector results as they would be had ``noise_rule`` decided the NOISE test.
+
+    Each amplifier's ``NOISE`` takes the value of that rule's informational test
+    (`NOISE_RULE_TESTS`; kept as it is where the test is absent, e.g. flats) and SUCCESS is
+    recomputed. The input is not modified.
+    """
+    test = NOISE_RULE_TESTS[noise_rule]
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for exposure, detectors in det_results.items():
+        out[exposure] = {}
+        for detector_name, result in detectors.items():
+            verify = result.get("VERIFY", {})
+            amps = {
+                amp: {**tests, "NOISE": tests[test]} if test in tests and "NOISE" in tests else dict(tests)
+                for amp, tests in verify.get("AMP", {}).items()
+            }
+            for tests in amps.values():
+                tests["SUCCESS"] = all(_counted(tests).values())
+            success = all(tests["SUCCESS"] for tests in amps.values()) and all(
+                _counted(verify.get("DET", {})).values()
+            )
+            out[exposure][detector_name] = {
+                **result,
+                "VERIFY": {**verify, "AMP": amps},
+                "SUCCESS": bool(success),
+            }
+    return out
 
 
 def _detector_failures(detector_name: str, result: Mapping[str, Any]) -> list[str]:

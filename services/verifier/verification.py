@@ -22,7 +22,9 @@ from astropy.table import Table
 from lsst.daf.butler import Butler, DatasetNotFoundError
 
 from services.verifier.decision import VerificationDecision, decide
+from services.verifier.expected_noise import bias_residual_noise, dark_residual_noise
 from services.verifier.statistics import (
+    NOISE_RULE_TESTS,
     amp_statistics,
     detector_verification,
     flat_amp_statistics,
@@ -33,6 +35,7 @@ from services.verifier.statistics import (
     verify_amplifiers,
     verify_flat_amplifiers,
     verify_flat_detector,
+    with_noise_rule,
 )
 from shared.butler import datasets
 from shared.butler.calibrations import CalibrationCache
@@ -42,14 +45,22 @@ from shared.butler.runrecords import find_record, put_record
 from shared.calibtypes import APPLIED_IN_VERIFICATION, VERIFIED_TYPES
 from shared.images import CalibImage
 from shared.instruments import Instrument
-from shared.isr import run_isr
-from shared.records import CalibSource, GenerationRecord, VerificationRecord, VerificationSummary
+from shared.isr import SMOOTH, IsrConfig, IsrResult, run_isr
+from shared.records import (
+    CalibSource,
+    GenerationRecord,
+    NoiseRuleVerdict,
+    VerificationRecord,
+    VerificationSummary,
+)
 from shared.runconfig import RunConfiguration
+from shared.stats import clipped_stats
 
 __all__ = [
     "PTC_NOISE_MAX_RELATIVE_ERROR",
     "VerificationOutcome",
     "VerificationRequest",
+    "expected_residual_noise",
     "ptc_read_noise",
     "request_for",
     "sources_for",
@@ -74,6 +85,8 @@ class VerificationRequest:
     """Where each applied calibration (the candidate and its prerequisites) comes from."""
     ptc_collections: tuple[str, ...] = ()
     """Where to look for a certified PTC whose read noise the NOISE tests use (else the nominal)."""
+    noise_rule: str = "cpflow"
+    """Which NOISE rule decides (``verify_noise_rule``); both are computed and reported."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,9 @@ class VerificationOutcome:
     test_counts: dict[tuple[str, bool], int]
     """(test name, passed) → number of outcomes (amplifier, detector and exposure level)."""
     stats_collection: str
+    noise_rules: dict[str, VerificationDecision] = field(default_factory=dict)
+    """The decision each NOISE rule gives (bias and dark; empty for flats)."""
+    noise_rule: str | None = None
 
 
 def _count_tests(
@@ -148,12 +164,76 @@ def ptc_read_noise(
     return usable_ptc_noise(table)
 
 
+def _reference_inputs(calib: CalibImage) -> tuple[list[int], list[float]] | None:
+    """Input exposures and scales (dark times for a dark) of a combined calibration, from its header."""
+    header = calib.header
+    n = header.get("NCOMBINE")
+    if not isinstance(n, int) or n < 1:
+        return None
+    try:
+        exposures = [int(header[f"CPP_INPUT_{i}"]) for i in range(n)]
+        scales = [float(header[f"CPP_INPUT_SCALE_{i}"]) for i in range(n)]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return exposures, scales
+
+
+def expected_residual_noise(
+    calib_type: str,
+    applied: Mapping[str, CalibImage],
+    raw: Any,
+    geometry: Any,
+    result: IsrResult,
+    read_noise: Mapping[str, float],
+    isr_config: IsrConfig | None = None,
+) -> dict[str, float]:
+    """Per amplifier, the noise (e⁻) the bias or dark residual should have (cpflow's NOISE rule).
+
+    See `services.verifier.expected_noise`. The read noise is used as it is (cp_verify's rule)
+    when the frame is one of the reference's own inputs (internal verification), or when the
+    reference does not say what it was made of (no ``NCOMBINE``/``CPP_INPUT_*`` cards).
+    """
+    config = isr_config or IsrConfig()
+    rn = {a.name: float(read_noise[a.name]) for a in geometry.amplifiers}
+    candidate = applied.get(calib_type)
+    bias = applied.get("bias")
+    reference = _reference_inputs(candidate) if candidate is not None else None
+    bias_inputs = _reference_inputs(bias) if bias is not None else None
+    exposure = int(raw.header.get("EXPID", -1))
+    if reference is None or bias_inputs is None or exposure in reference[0]:
+        return rn
+    expected: dict[str, float] = {}
+    n_serial = {
+        a.name: 0
+        if result.overscan_fits.get(a.name, {}).get("serial") == SMOOTH
+        else a.serial_overscan_cols - config.serial_leading_to_skip - config.serial_trailing_to_skip
+        for a in geometry.amplifiers
+    }
+    n_bias = len(bias_inputs[0])
+    for amp in geometry.amplifiers:
+        if calib_type == "bias":
+            expected[amp.name] = bias_residual_noise(rn[amp.name], n_bias, serial_pixels=n_serial[amp.name])
+            continue
+        dark = applied["dark"]
+        current = clipped_stats(dark.image[amp.detector_slice], n_sigma=3.0, n_iter=3).mean
+        expected[amp.name] = dark_residual_noise(
+            rn[amp.name],
+            dark_time=float(raw.dark_time),
+            reference_dark_times=reference[1],
+            n_bias=n_bias,
+            dark_current=current if math.isfinite(current) else 0.0,
+            serial_pixels=n_serial[amp.name],
+        )
+    return expected
+
+
 def _measure(
     calib_type: str,
     applied: Mapping[str, CalibImage],
     raw: Any,
     geometry: Any,
     read_noise: Mapping[str, float],
+    noise_rule: str = "cpflow",
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
     result = run_isr(
         raw, geometry, bias=applied.get("bias"), dark=applied.get("dark"), flat=applied.get("flat")
@@ -165,7 +245,16 @@ def _measure(
         det_stats = flat_detector_statistics(stats)
         return stats, verify, det_stats, verify_flat_detector(det_stats)
     stats = amp_statistics(result.image, boxes, overscan_noise_adu=result.overscan_noise_adu)
-    verify = verify_amplifiers(stats, read_noise, {a.name: a.gain for a in geometry.amplifiers})
+    expected = expected_residual_noise(calib_type, applied, raw, geometry, result, read_noise)
+    for amp_name, value in expected.items():
+        stats[amp_name]["NOISE_EXPECTED"] = value
+    verify = verify_amplifiers(
+        stats,
+        read_noise,
+        {a.name: a.gain for a in geometry.amplifiers},
+        expected_noise=expected,
+        noise_rule=noise_rule,
+    )
     return stats, verify, None, None
 
 
@@ -211,7 +300,7 @@ def verify_calibration(butler: Butler, request: VerificationRequest) -> Verifica
                     a.name: from_ptc.get(a.name, a.read_noise) for a in geometry.amplifiers
                 }
             amp_stats, amp_verify, det_stats, det_verify = _measure(
-                calib_type, applied, raw, geometry, read_noise[detector_id]
+                calib_type, applied, raw, geometry, read_noise[detector_id], request.noise_rule
             )
             for amp_name, values in amp_stats.items():
                 values["READ_NOISE_E"] = read_noise[detector_id][amp_name]
@@ -229,6 +318,13 @@ def verify_calibration(butler: Butler, request: VerificationRequest) -> Verifica
             exposure_results[exposure] = flat_exposure_verification(means)
     run_stats = merge_run(det_results, exposure_results or None)
     decision = decide(run_stats, threshold=request.threshold, n_detectors=len(request.detectors))
+    noise_rules: dict[str, VerificationDecision] = {}
+    if calib_type != "flat":
+        for rule in NOISE_RULE_TESTS:
+            rule_stats = merge_run(with_noise_rule(det_results, rule), exposure_results or None)
+            noise_rules[rule] = decide(
+                rule_stats, threshold=request.threshold, n_detectors=len(request.detectors)
+            )
     put_record(butler, dict(run_stats), datasets.verify_stats(calib_type), name, collection)
     if find_record(butler, datasets.verify_results(calib_type), name, collection) is None:
         rows = results_rows(det_results, calib_type.upper(), exposure_results or None)
@@ -238,6 +334,8 @@ def verify_calibration(butler: Butler, request: VerificationRequest) -> Verifica
         decision=decision,
         test_counts=_count_tests(det_results, exposure_results),
         stats_collection=collection,
+        noise_rules=noise_rules,
+        noise_rule=request.noise_rule if noise_rules else None,
     )
 
 
@@ -281,7 +379,17 @@ def summary_of(outcome: VerificationOutcome) -> VerificationSummary:
     tests: dict[str, dict[str, int]] = {}
     for (test, passed), count in outcome.test_counts.items():
         tests.setdefault(test, {"pass": 0, "fail": 0})["pass" if passed else "fail"] += count
+    noise_rules = {
+        rule: NoiseRuleVerdict(
+            certify=rule_decision.certify,
+            noise_failures=sum(per_test.get("NOISE", 0) for per_test in rule_decision.counts.values()),
+            failed_exposures=list(rule_decision.failed_exposures),
+        )
+        for rule, rule_decision in outcome.noise_rules.items()
+    }
     return VerificationSummary(
+        noise_rule=outcome.noise_rule,
+        noise_rules=noise_rules,
         tests=tests,
         certify=decision.certify,
         n_exposures=decision.n_exposures,
@@ -289,8 +397,19 @@ def summary_of(outcome: VerificationOutcome) -> VerificationSummary:
         counts={str(k): dict(v) for k, v in decision.counts.items()},
         thresholds=dict(decision.thresholds),
         failures=failures,
-        text=decision.summary(),
+        text=decision.summary() + _noise_rules_text(outcome.noise_rule, noise_rules),
     )
+
+
+def _noise_rules_text(chosen: str | None, verdicts: Mapping[str, NoiseRuleVerdict]) -> str:
+    if not verdicts:
+        return ""
+    lines = ["", "NOISE rules (README 'Verification: the NOISE rules'):"]
+    for rule, verdict in verdicts.items():
+        role = "decides" if rule == chosen else "reported"
+        outcome = "certify" if verdict.certify else "reject"
+        lines.append(f"  {rule} ({role}): {outcome}, {verdict.noise_failures} NOISE failures")
+    return "\n".join(lines)
 
 
 def verdict_without_tests(generation: GenerationRecord, do_verify: bool) -> VerificationRecord | None:
@@ -363,4 +482,5 @@ def request_for(
             if not generation.generated
             else [config.calib_collection, *config.input_collections_verify(calib_type)]
         ),
+        noise_rule=config.verify_noise_rule,
     )

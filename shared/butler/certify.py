@@ -12,6 +12,7 @@ from lsst.daf.butler.registry import ConflictingDefinitionError, MissingCollecti
 from .collections import calib_chain
 
 __all__ = [
+    "MADE_BY_CPFLOW",
     "CertificationConflict",
     "certify_calibrations",
     "ensure_calibration_collection",
@@ -53,12 +54,19 @@ def _collection_type(butler: Butler, name: str) -> CollectionType | None:
         return None
 
 
-def ensure_calibration_collection(butler: Butler, instrument: str, calib_collection: str) -> None:
-    """Make sure ``calib_collection`` exists and is in the instrument's calibration chain.
+MADE_BY_CPFLOW = "Made by cpflow: calibration collections cpflow certifies into, newest first."
+"""Documentation of the ``<INSTR>/calib`` chains cpflow creates: the only chains it changes."""
 
-    Registers ``calib_collection`` as a CALIBRATION collection if missing, creates the CHAINED
-    collection ``<INSTR>/calib`` if missing and prepends ``calib_collection`` to it unless it is
-    already a child (existing children are kept).
+
+def ensure_calibration_collection(butler: Butler, instrument: str, calib_collection: str) -> str | None:
+    """Make sure ``calib_collection`` exists, and is in ``<INSTR>/calib`` where cpflow may put it there.
+
+    Registers ``calib_collection`` as a CALIBRATION collection if missing. cpflow never rewrites a
+    collection it did not create: it creates the CHAINED collection ``<INSTR>/calib`` if missing
+    (documented as `MADE_BY_CPFLOW`) and prepends ``calib_collection`` to a chain it made, unless
+    it is already a child (existing children are kept). A ``<INSTR>/calib`` that someone else
+    made, a CHAINED collection without ``calib_collection`` or a CALIBRATION collection as
+    obs_lsst's ``write-curated-calibrations`` makes it, is left as it is.
 
     Parameters
     ----------
@@ -69,11 +77,18 @@ def ensure_calibration_collection(butler: Butler, instrument: str, calib_collect
     calib_collection : `str`
         The CALIBRATION collection, e.g. ``LATISS/calib/daily``.
 
+    Returns
+    -------
+    note : `str` or `None`
+        `None` when ``calib_collection`` is in ``<INSTR>/calib``; otherwise where the calibrations
+        are and what the operator must do to have them found through ``<INSTR>/calib``.
+
     Raises
     ------
     TypeError
-        If ``calib_collection`` exists but is not CALIBRATION, or ``<INSTR>/calib`` exists but is not
-        CHAINED.
+        If ``calib_collection`` exists but is not CALIBRATION.
+    ValueError
+        If ``calib_collection`` is ``<INSTR>/calib`` itself.
     """
     chain = calib_chain(instrument)
     if calib_collection == chain:
@@ -84,16 +99,25 @@ def ensure_calibration_collection(butler: Butler, instrument: str, calib_collect
         raise TypeError(
             f"collection {calib_collection!r} exists as {found.name if found else None}, not CALIBRATION"
         )
-    butler.collections.register(chain, CollectionType.CHAINED)
-    chain_type = _collection_type(butler, chain)
-    if chain_type is not CollectionType.CHAINED:
-        raise TypeError(
-            f"collection {chain!r} exists as {chain_type.name if chain_type else None}, not CHAINED; "
-            f"cpflow needs it to be a CHAINED collection of calibration collections"
+    butler.collections.register(chain, CollectionType.CHAINED, doc=MADE_BY_CPFLOW)
+    info = butler.collections.get_info(chain)
+    if info.type is not CollectionType.CHAINED:
+        return (
+            f"certified into {calib_collection}; {chain} is a {info.type.name} collection, not a chain, "
+            f"so cpflow left it unchanged: search {calib_collection} explicitly, or make {chain} a "
+            f"CHAINED collection holding both (butler collection-chain)"
         )
-    if calib_collection not in butler.registry.getCollectionChain(chain):
-        butler.collections.prepend_chain(chain, calib_collection)
-        _LOG.info("added %s to the calibration chain %s", calib_collection, chain)
+    if calib_collection in info.children:
+        return None
+    if info.doc != MADE_BY_CPFLOW:
+        return (
+            f"certified into {calib_collection}; {chain} is a chain cpflow did not make, so it was "
+            f"left unchanged: to use these calibrations by default run `butler collection-chain "
+            f"REPO {chain} --mode prepend {calib_collection}`"
+        )
+    butler.collections.prepend_chain(chain, calib_collection)
+    _LOG.info("added %s to the calibration chain %s", calib_collection, chain)
+    return None
 
 
 def _associations(

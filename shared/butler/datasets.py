@@ -6,7 +6,7 @@ dimension universe and `register_dataset_types` registers them all (idempotent).
 
 from __future__ import annotations
 
-from lsst.daf.butler import Butler, DatasetType, DimensionUniverse
+from lsst.daf.butler import Butler, DatasetType, DimensionUniverse, MissingDatasetTypeError
 
 from shared.calibtypes import COMBINED_TYPES
 
@@ -28,6 +28,9 @@ __all__ = [
     "STRUCTURED_STORAGE_CLASS",
     "TABLE_STORAGE_CLASS",
     "VERIFICATION_RECORD",
+    "DatasetTypeConflict",
+    "check_dataset_types",
+    "dataset_type_conflicts",
     "dataset_types",
     "register_dataset_types",
     "verify_det_stats",
@@ -160,8 +163,61 @@ def dataset_types(universe: DimensionUniverse) -> list[DatasetType]:
     return result
 
 
+class DatasetTypeConflict(RuntimeError):
+    """The repository defines some of cpflow's dataset types otherwise; cpflow changes none of them."""
+
+
+def _describe(dataset_type: DatasetType) -> str:
+    kind = "calibration, " if dataset_type.isCalibration() else ""
+    dimensions = ", ".join(dataset_type.dimensions.required)
+    return f"{kind}dimensions ({dimensions}), storage class {dataset_type.storageClass_name}"
+
+
+def dataset_type_conflicts(butler: Butler) -> list[str]:
+    """Each of cpflow's dataset types that ``butler``'s repository defines otherwise, with both definitions.
+
+    Returns
+    -------
+    conflicts : `list` [`str`]
+        One line per dataset type, e.g. ``bias: the repository has calibration, dimensions
+        (instrument, detector), storage class ExposureF; cpflow needs ... CpflowCalibImage``.
+    """
+    conflicts = []
+    for ours in dataset_types(butler.dimensions):
+        try:
+            theirs = butler.get_dataset_type(ours.name)
+        except MissingDatasetTypeError:
+            continue
+        if theirs != ours:
+            conflicts.append(
+                f"{ours.name}: the repository has {_describe(theirs)}; cpflow needs {_describe(ours)}"
+            )
+    return conflicts
+
+
+def check_dataset_types(butler: Butler) -> None:
+    """Raise if the repository defines any of cpflow's dataset types otherwise (before anything is written).
+
+    Raises
+    ------
+    DatasetTypeConflict
+        Naming every such dataset type, both definitions, and what to do.
+    """
+    conflicts = dataset_type_conflicts(butler)
+    if conflicts:
+        raise DatasetTypeConflict(
+            "the butler repository defines these dataset types otherwise than cpflow, which changes "
+            "none of them:\n  "
+            + "\n  ".join(conflicts)
+            + "\npoint CPFLOW_BUTLER_REPO at a repository of cpflow's own (read raws from another one "
+            "with its own reader), or remove these dataset types where nothing uses them"
+        )
+
+
 def register_dataset_types(butler: Butler) -> list[DatasetType]:
     """Register every cpflow dataset type in ``butler``'s registry (idempotent).
+
+    Nothing is registered if any of them exists with another definition.
 
     Parameters
     ----------
@@ -175,9 +231,10 @@ def register_dataset_types(butler: Butler) -> list[DatasetType]:
 
     Raises
     ------
-    lsst.daf.butler.registry.ConflictingDefinitionError
+    DatasetTypeConflict
         If a dataset type of the same name exists with a different definition.
     """
+    check_dataset_types(butler)
     types = dataset_types(butler.dimensions)
     for dataset_type in types:
         butler.registry.registerDatasetType(dataset_type)

@@ -15,6 +15,7 @@ from lsst.daf.butler import (
     DataCoordinate,
     DatasetIdGenEnum,
     DatasetRef,
+    DatasetType,
     FileDataset,
     Timespan,
 )
@@ -222,6 +223,21 @@ def ingest_raws(
     registry.registerCollection(run, CollectionType.RUN)
     raw_type = registry.getDatasetType(RAW)
 
+    # The exposure records and the raws are written in one transaction: a crash between them
+    # leaves neither, so no exposure is ever registered without its raw.
+    with butler.transaction():
+        return _ingest(butler, paths, instrument, run=run, transfer=transfer, raw_type=raw_type)
+
+
+def _ingest(
+    butler: Butler,
+    paths: Sequence[Path],
+    instrument: Instrument,
+    *,
+    run: str,
+    transfer: str,
+    raw_type: DatasetType,
+) -> list[DatasetRef]:
     refs: list[DatasetRef | None] = []
     pending: list[tuple[int, FileDataset]] = []
     for index, path in enumerate(paths):

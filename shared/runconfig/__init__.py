@@ -26,13 +26,14 @@ from shared.runconfig.errors import ConfigurationError
 from shared.runconfig.loading import load_run_configuration, load_run_document
 from shared.runconfig.model import RunConfiguration, TestCase, validate_run_configuration
 from shared.runconfig.simulator import FAULT_KINDS, SimulatorConfig, SimulatorFault
-from shared.runconfig.vocabulary import CAMERAS, INSTRUMENTS, PTC_FIT_TYPES, ScriptMode
+from shared.runconfig.vocabulary import CAMERAS, INSTRUMENTS, PTC_FIT_TYPES, VERIFY_NOISE_RULES, ScriptMode
 
 __all__ = [
     "CAMERAS",
     "FAULT_KINDS",
     "INSTRUMENTS",
     "PTC_FIT_TYPES",
+    "VERIFY_NOISE_RULES",
     "ConfigurationError",
     "RunConfiguration",
     "ScriptMode",

@@ -57,6 +57,7 @@ from shared.runconfig.vocabulary import (
     CameraName,
     InstrumentName,
     ScriptMode,
+    VerifyNoiseRule,
 )
 
 __all__ = ["RunConfiguration", "TestCase", "validate_run_configuration"]
@@ -218,6 +219,11 @@ class RunConfiguration(CheckedModel):
         Run cp_verify and the decision logic.
     number_verification_tests_threshold_bias, _dark, _flat : `int`
         Per-test failure threshold (a maximum-failures count, as in the reference code).
+    verify_noise_rule : `str`
+        Which bias/dark NOISE rule decides (cpflow key): ``cpflow`` (default) compares the
+        residual's noise with the noise expected given the reference it was made against (number
+        of frames, their noise; the bias's for a dark); ``cp_verify`` with the bare read noise, as
+        cp_verify. Both are computed and reported; see README "Verification".
     config_options_bias, _dark, _flat, _defects, _ptc : `str`
         Extra pipetask options of the reference, recorded. cpflow interprets one:
         ``ptcFitType=EXPAPPROXIMATION|FULLCOVARIANCE|FULLCOVARIANCE_NO_B`` in ``config_options_ptc``.
@@ -276,6 +282,7 @@ class RunConfiguration(CheckedModel):
     number_verification_tests_threshold_bias: _Threshold = 8
     number_verification_tests_threshold_dark: _Threshold = 8
     number_verification_tests_threshold_flat: _Threshold = 8
+    verify_noise_rule: VerifyNoiseRule = "cpflow"
     config_options_bias: _Text = " "
     config_options_dark: _Text = " "
     config_options_flat: _Text = " "

@@ -1,5 +1,5 @@
-"""The words a run configuration uses: instruments, cameras, script modes, PTC fit types (and the image
-types of `shared.calibtypes`).
+"""The words a run configuration uses: instruments, cameras, script modes, PTC fit types, NOISE rules
+(and the image types of `shared.calibtypes`).
 
 Each vocabulary is a `typing.Literal` (or an enum) that the model's fields are typed with, and the
 tuple of its values that messages and other modules list; the tuple is derived from the type, so the
@@ -19,11 +19,13 @@ __all__ = [
     "IMAGE_TYPES_BY_MODE",
     "INSTRUMENTS",
     "PTC_FIT_TYPES",
+    "VERIFY_NOISE_RULES",
     "CameraName",
     "ImageType",
     "InstrumentName",
     "PtcFitType",
     "ScriptMode",
+    "VerifyNoiseRule",
 ]
 
 InstrumentName = Literal["LATISS", "LSSTComCam", "LSSTCam"]
@@ -38,6 +40,11 @@ PtcFitType = Literal["EXPAPPROXIMATION", "FULLCOVARIANCE", "FULLCOVARIANCE_NO_B"
 PTC_FIT_TYPES: tuple[str, ...] = get_args(PtcFitType)
 """PTC fit types, chosen as in cp_pipe with ``config_options_ptc: "-c ptcSolve:ptcFitType=..."``;
 the first is the default."""
+
+VerifyNoiseRule = Literal["cpflow", "cp_verify"]
+VERIFY_NOISE_RULES: tuple[str, ...] = get_args(VerifyNoiseRule)
+"""Which bias/dark NOISE rule decides: ``cpflow`` (the expected noise of the residual given its
+reference, the default) or ``cp_verify`` (the bare read noise, as the reference)."""
 
 
 class ScriptMode(StrEnum):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.time import Time, TimeDelta
-from lsst.daf.butler import Butler, CollectionType, Timespan
+from lsst.daf.butler import Butler, CollectionType, DatasetRef, Timespan
 
 from shared.butler import (
     BIAS,
@@ -96,7 +96,7 @@ def test_create_repository_idempotent(tmp_path: Path) -> None:
         assert sorted(rec.id for rec in comcam) == list(range(9))
         assert {rec.full_name for rec in comcam} == {d.name for d in get_instrument("LSSTComCam").detectors}
         latiss = butler.query_dimension_records("detector", instrument="LATISS")
-        assert [(rec.id, rec.full_name, rec.raft) for rec in latiss] == [(0, "RXX_S00", "RXX")]
+        assert [(rec.id, rec.full_name, rec.raft) for rec in latiss] == [(0, "RXX_S00", None)]
         filters = butler.query_dimension_records("physical_filter", instrument="LATISS")
         assert {(rec.name, rec.band) for rec in filters} == set(get_instrument("LATISS").filters)
         assert butler.get_dataset_type(BIAS).isCalibration()
@@ -224,11 +224,53 @@ def test_certify(repo: Path) -> None:
         assert find_certified(butler, BIAS, "LATISS", 0, "LATISS/calib") == certified
 
 
-def test_chain_must_be_chained(tmp_path: Path) -> None:
+def _bias_in_run(butler: Butler, run: str) -> DatasetRef:
+    butler.collections.register(run)
+    return butler.put(make_calib(2.0), BIAS, instrument="LATISS", detector=0, run=run)
+
+
+@pytest.mark.parametrize("kind", [CollectionType.CALIBRATION, CollectionType.CHAINED])
+def test_a_calib_collection_cpflow_did_not_make_is_left_unchanged(
+    tmp_path: Path, kind: CollectionType
+) -> None:
+    """As obs_lsst makes it (CALIBRATION), or a chain of its own: certified beside it, told how to chain."""
     root = create_repository(tmp_path / "repo")
     with open_butler(root) as butler:
-        butler.collections.register("LATISS/calib", CollectionType.RUN)
-        with pytest.raises(TypeError, match="not CHAINED"):
+        butler.collections.register("LATISS/calib", kind, doc="curated")
+        if kind is CollectionType.CHAINED:
+            butler.collections.register("LATISS/calib/curated", CollectionType.CALIBRATION)
+            butler.collections.extend_chain("LATISS/calib", ["LATISS/calib/curated"])
+        ref = _bias_in_run(butler, "LATISS/runs/x/bias")
+        note = ensure_calibration_collection(butler, "LATISS", "LATISS/calib/daily")
+        assert note is not None and "LATISS/calib/daily" in note and "unchanged" in note
+        assert certify_calibrations(butler, [ref], "LATISS/calib/daily", None, None) == "certified"
+        info = butler.collections.get_info("LATISS/calib")
+        assert info.type is kind and info.doc == "curated"
+        if kind is CollectionType.CHAINED:
+            assert info.children == ("LATISS/calib/curated",)
+            assert "butler collection-chain" in note
+        else:
+            assert "not a chain" in note
+        assert len(find_certified(butler, BIAS, "LATISS", 0, "LATISS/calib/daily")) == 1
+
+
+def test_a_chain_that_already_holds_the_collection_is_used_as_it_is(tmp_path: Path) -> None:
+    """The summit's layout: someone else's LATISS/calib chain already holds LATISS/calib/daily."""
+    root = create_repository(tmp_path / "repo")
+    with open_butler(root) as butler:
+        butler.collections.register("LATISS/calib/daily", CollectionType.CALIBRATION)
+        butler.collections.register("LATISS/calib", CollectionType.CHAINED, doc="summit")
+        butler.collections.extend_chain("LATISS/calib", ["LATISS/calib/daily"])
+        assert ensure_calibration_collection(butler, "LATISS", "LATISS/calib/daily") is None
+        assert ensure_calibration_collection(butler, "LATISS", "LATISS/calib/other") is not None
+        assert butler.collections.get_info("LATISS/calib").children == ("LATISS/calib/daily",)
+
+
+def test_a_calib_collection_of_another_type_is_refused(tmp_path: Path) -> None:
+    root = create_repository(tmp_path / "repo")
+    with open_butler(root) as butler:
+        butler.collections.register("LATISS/calib/daily", CollectionType.RUN)
+        with pytest.raises(TypeError, match="not CALIBRATION"):
             ensure_calibration_collection(butler, "LATISS", "LATISS/calib/daily")
 
 
@@ -284,3 +326,34 @@ def test_one_retry_policy_retries_only_transient_errors() -> None:
     with pytest.raises(sqlalchemy.exc.OperationalError):
         retrying(2, first_delay=0.001)(flaky, 1, y=2)
     assert len(calls) == 2
+
+
+def test_a_crash_between_exposure_and_raw_leaves_neither(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exposure record and its raw are one transaction: a failure in the ingest undoes both."""
+    latiss = get_instrument("LATISS")
+    exposure_id = 2026031500077
+    raw_path = make_raw(tmp_path / "raw.fits", exposure_id=exposure_id)
+    run = raw_collection("LATISS")
+    with open_butler(repo) as butler:
+
+        def crash(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("killed between the exposure record and the raw")
+
+        monkeypatch.setattr(butler, "ingest", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            ingest_raws(butler, [raw_path], latiss, run=run)
+        monkeypatch.undo()
+        assert (
+            list(
+                butler.query_dimension_records(
+                    "exposure", instrument="LATISS", exposure=exposure_id, explain=False
+                )
+            )
+            == []
+        )
+        # The next attempt makes both.
+        (ref,) = ingest_raws(butler, [raw_path], latiss, run=run)
+        assert ref.dataId["exposure"] == exposure_id
+        assert len(butler.query_dimension_records("exposure", instrument="LATISS", exposure=exposure_id)) == 1

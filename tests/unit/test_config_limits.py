@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -192,17 +191,15 @@ VALID_HEAD = "instrument: LATISS\nscript_mode: BIAS\n"
 
 
 @contextmanager
-def _bounded(seconds: float = 5.0, megabytes: float = 50.0) -> Iterator[None]:
-    """Generous guards: the rejection finishes fast and allocates little (Python allocations)."""
+def _bounded(megabytes: float = 50.0) -> Iterator[None]:
+    """The rejection allocates little (Python allocations): bounded work, measured independently of
+    how loaded the machine is (wall-clock times are for bench/, never for tests)."""
     tracemalloc.start()
-    start = time.monotonic()
     try:
         yield
     finally:
-        elapsed = time.monotonic() - start
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    assert elapsed < seconds, f"took {elapsed:.1f} s"
     assert peak < megabytes * 2**20, f"allocated {peak / 2**20:.0f} MB"
 
 

@@ -318,3 +318,16 @@ def test_shipped_example_configurations_are_valid() -> None:
     for path in examples:
         config = load_run_configuration(path)
         assert config.camera == "simulated" and config.generate_calibrations, path.name
+
+
+def test_verify_noise_rule_defaults_to_cpflow_and_refuses_other_words() -> None:
+    base = {"instrument": "LSSTComCam", "script_mode": "BIAS_DARK"}
+    assert validate_run_configuration(base).verify_noise_rule == "cpflow"
+    assert (
+        validate_run_configuration({**base, "verify_noise_rule": "cp_verify"}).verify_noise_rule
+        == "cp_verify"
+    )
+    (error,) = _errors({**base, "verify_noise_rule": "strict"})
+    assert (
+        error == "verify_noise_rule: unknown verify noise rule 'strict'; valid values are: cpflow, cp_verify"
+    )

@@ -10,10 +10,14 @@ API of the camera (`truth`, `bias_structure_e`, `dark_current_map_e_per_s`, `fla
 
 Expected errors. A pixel of a combined product made of ``N`` inputs has the noise of one input
 divided by sqrt(N) (times a small clipped-mean efficiency loss), plus the noise of the overscan
-levels subtracted from every input: one serial-overscan median per row (``n_s`` = 58 pixels
-after the 3 + 3 skipped) and one parallel-overscan median per column (``n_p`` = 42 rows), each
-with variance ~ (π/2)·σ²/n. A dark also carries the error of the combined bias it was
-corrected with (common to all darks, so not divided by the number of darks).
+levels subtracted from every input (`shared.isr.fit_overscan_levels`, ``AUTO``): the simulator's
+per-exposure row jitter is real row-to-row structure, so the serial overscan is one mean per row
+(``n_s`` = 58 pixels after the 3 + 3 skipped, variance σ²/n_s); the parallel overscan has no
+column structure, so it is a smooth fit along the columns whose per-column error is a small
+fraction of a per-column mean's (``n_p`` = 42 rows, σ²/n_p); only the latter's common part
+(σ²/(n_p · columns)) is kept, in the error of an amplifier's mean. A dark also carries the
+error of the combined bias it was corrected with (common to all darks, so not divided by the
+number of darks).
 
 PTC turnoff. The simulator clips the collected charge at ``full_well_e`` and then applies the
 amplifier nonlinearity ``ADU = e/g·(1 − k(e/FW)²)``, so the ADU plateau of a saturated flat is
@@ -60,8 +64,8 @@ def products(tmp_path_factory: pytest.TempPathFactory) -> Products:
 
 
 def _overscan_variance(read_noise: float) -> float:
-    """Variance (``read_noise`` units²) added to each pixel by the per-row and per-column overscan medians."""
-    return (math.pi / 2) * read_noise**2 * (1 / SERIAL_OVERSCAN_USED + 1 / PARALLEL_OVERSCAN_USED)
+    """Variance (``read_noise`` units²) added to each pixel by the per-row serial-overscan means."""
+    return read_noise**2 / SERIAL_OVERSCAN_USED
 
 
 def _bias_pixel_variance(read_noise_e: float) -> float:
@@ -85,7 +89,7 @@ def test_combined_bias_matches_bias_structure(products: Products) -> None:
         rn = products.truth["amplifiers"][amp.name]["read_noise_e"]
         sigma = math.sqrt(_bias_pixel_variance(rn))
         # The mean is limited by the noise common to rows and columns (overscan medians).
-        line = (math.pi / 2) * rn**2 / N_BIAS
+        line = rn**2 / N_BIAS
         sigma_mean = math.sqrt(
             sigma**2 / r.size
             + line / SERIAL_OVERSCAN_USED / r.shape[0]
@@ -107,11 +111,7 @@ def test_combined_dark_matches_dark_current(products: Products) -> None:
         r = residual[box]
         sigma_good = float(np.sqrt(np.mean(sigma[good] ** 2)))
         rn = products.truth["amplifiers"][amp.name]["read_noise_e"]
-        line = (
-            (math.pi / 2)
-            * rn**2
-            * (1 / SERIAL_OVERSCAN_USED / r.shape[0] + 1 / PARALLEL_OVERSCAN_USED / r.shape[1])
-        )
+        line = rn**2 * (1 / SERIAL_OVERSCAN_USED / r.shape[0] + 1 / PARALLEL_OVERSCAN_USED / r.shape[1])
         sigma_mean = math.sqrt(
             sigma_good**2 / good.sum() + line * (1 / N_DARK + 1 / N_BIAS) / products.dark_time**2
         )
@@ -141,7 +141,9 @@ def test_cosmic_rays_do_not_survive_into_the_combined_dark(products: Products) -
     for amp in products.det.amplifiers:
         box = products.amp_boxes[amp.name]
         excess = (products.dark.image[box] - truth[box]) / _dark_sigma(products, amp.name, truth[box])
-        assert excess[~hot[box]].max() < 5.0, (amp.name, excess[~hot[box]].max())
+        # 5.5σ: over the ~920 000 pixels the Gaussian maximum is ~4.9σ (a 5σ cut fails a quarter
+        # of the time by chance); a cosmic ray that survived (≥ 300 e⁻ in one of 8 darks) is ≥ 15σ.
+        assert excess[~hot[box]].max() < 5.5, (amp.name, excess[~hot[box]].max())
     # Pixels without any good input (no cosmic ray hits one pixel in every dark) are hot pixels or
     # their grown neighbours (see test_hot_pixels_keep_their_dark_current).
     near_hot = ndimage.binary_dilation(hot, structure=np.ones((3, 3), dtype=bool))

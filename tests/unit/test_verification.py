@@ -22,6 +22,7 @@ from services.verifier.statistics import (
     verify_bias_amplifiers,
     verify_flat_amplifiers,
     verify_flat_detector,
+    with_noise_rule,
 )
 from shared.cosmic_rays import TooManyCosmicRays, find_and_repair
 from shared.images import CalibImage, MaskPlane
@@ -309,7 +310,16 @@ def test_too_many_cosmic_rays() -> None:
 # Bias and dark: MEAN, NOISE, CR_NOISE, PROCESSING, READ_NOISE_CONSISTENT
 
 GAINS = {"C10": 1.5, "C11": 1.6, "C01": 1.4, "C00": 1.5}
-FULL_TESTS = {"MEAN", "NOISE", "CR_NOISE", "PROCESSING", "SUCCESS", "READ_NOISE_CONSISTENT"}
+FULL_TESTS = {
+    "MEAN",
+    "NOISE",
+    "CR_NOISE",
+    "PROCESSING",
+    "SUCCESS",
+    "READ_NOISE_CONSISTENT",
+    "NOISE_CPFLOW",
+    "NOISE_CP_VERIFY",
+}
 
 
 def _overscan_adu(factor: float = 1.0) -> dict[str, float]:
@@ -367,7 +377,9 @@ def test_excess_noise_and_offset_fail_dark_tests() -> None:
     stats = amp_statistics(residual, BOXES, overscan_noise_adu=_overscan_adu())
     verify = verify_amplifiers(stats, READ_NOISE, GAINS)
     failed = {amp: sorted(t for t, v in tests.items() if not v) for amp, tests in verify.items()}
-    assert failed == {"C10": [], "C11": ["NOISE", "SUCCESS"], "C01": ["MEAN", "SUCCESS"], "C00": []}
+    # NOISE_CPFLOW and NOISE_CP_VERIFY (informational) are the two rules side by side.
+    noisy = ["NOISE", "NOISE_CPFLOW", "NOISE_CP_VERIFY", "SUCCESS"]
+    assert failed == {"C10": [], "C11": noisy, "C01": ["MEAN", "SUCCESS"], "C00": []}
 
 
 def test_force_failure_fails_processing() -> None:
@@ -398,7 +410,8 @@ def test_read_noise_consistent_is_informational() -> None:
     assert verify["C00"]["READ_NOISE_CONSISTENT"] is False and verify["C00"]["SUCCESS"] is True
     assert verify["C01"]["READ_NOISE_CONSISTENT"] is True
     assert verify_amplifiers(stats, READ_NOISE)["C01"]["READ_NOISE_CONSISTENT"] is False  # no gains
-    assert list(verify["C10"])[-1] == "READ_NOISE_CONSISTENT"  # added after SUCCESS
+    order = list(verify["C10"])
+    assert order.index("READ_NOISE_CONSISTENT") > order.index("SUCCESS")  # added after SUCCESS
     assert "READ_NOISE_CONSISTENT" in INFORMATIONAL_TESTS
 
     det = detector_verification(9, "R22_S11", stats, verify)
@@ -429,6 +442,8 @@ def test_read_noise_consistent_is_informational() -> None:
         "DARK_VERIFY_CR_NOISE",
         "DARK_VERIFY_PROCESSING",
         "DARK_VERIFY_READ_NOISE_CONSISTENT",
+        "DARK_VERIFY_NOISE_CPFLOW",
+        "DARK_VERIFY_NOISE_CP_VERIFY",
     ]
     assert list(table["DARK_VERIFY_READ_NOISE_CONSISTENT"]) == [False, False, True, False]
     with pytest.raises(ValueError):
@@ -607,3 +622,104 @@ def test_ptc_read_noise_used_only_where_well_measured() -> None:
     )
     # C01: 28 % error (no low-signal pairs); C02: bad fit; C03: no value. They keep the nominal.
     assert usable_ptc_noise(table) == {"C00": 8.0, "C04": 6.0}
+
+
+# --------------------------------------------------------------------------------------------------
+# The two NOISE rules (issue 13)
+
+
+def _noise_stats(ratio: float) -> dict[str, dict[str, float]]:
+    return {
+        amp: {
+            "MEAN": 0.0,
+            "NOISE": ratio * rn,
+            "CR_NOISE": ratio * rn,
+            "FORCE_FAILURE": 0.0,
+            "READ_NOISE_ADU": 1.0,
+        }
+        for amp, rn in READ_NOISE.items()
+    }
+
+
+def test_noise_rules_side_by_side_and_the_chosen_one_decides() -> None:
+    """6 % over the read noise, 1 % over the expected noise of a residual against a 20-frame reference."""
+    stats = _noise_stats(1.06)
+    expected = {amp: 1.05 * rn for amp, rn in READ_NOISE.items()}
+    cpflow = verify_amplifiers(stats, READ_NOISE, GAINS, expected_noise=expected)
+    reference = verify_amplifiers(stats, READ_NOISE, GAINS, expected_noise=expected, noise_rule="cp_verify")
+    for amp in READ_NOISE:
+        assert cpflow[amp]["NOISE_CPFLOW"] and not cpflow[amp]["NOISE_CP_VERIFY"]
+        assert cpflow[amp]["NOISE"] and cpflow[amp]["SUCCESS"]
+        assert reference[amp]["NOISE_CPFLOW"] and not reference[amp]["NOISE_CP_VERIFY"]
+        assert not reference[amp]["NOISE"] and not reference[amp]["SUCCESS"]
+    # Without an expected noise (a frame in its own reference) both rules are cp_verify's.
+    alone = verify_amplifiers(stats, READ_NOISE, GAINS)
+    assert not any(t["NOISE"] or t["NOISE_CPFLOW"] for t in alone.values())
+    with pytest.raises(ValueError, match="unknown NOISE rule 'strict'"):
+        verify_amplifiers(stats, READ_NOISE, GAINS, noise_rule="strict")
+
+
+def test_the_other_rule_gives_its_own_decision() -> None:
+    stats = _noise_stats(1.06)
+    expected = {amp: 1.05 * rn for amp, rn in READ_NOISE.items()}
+    verify = verify_amplifiers(stats, READ_NOISE, GAINS, expected_noise=expected)
+    det_results = {e: {"R22_S11": detector_verification(e, "R22_S11", stats, verify)} for e in (1, 2, 3)}
+    chosen = merge_run(det_results)
+    assert chosen["SUCCESS"] is True
+    other = with_noise_rule(det_results, "cp_verify")
+    merged = merge_run(other)
+    assert merged["SUCCESS"] is False
+    assert sorted(merged[1]["FAILURES"]) == sorted(f"R22_S11 {amp} NOISE" for amp in READ_NOISE)
+    assert not decide(merged, threshold=1, n_detectors=1).certify
+    assert merge_run(with_noise_rule(other, "cpflow")) == chosen
+    assert det_results[1]["R22_S11"]["SUCCESS"] is True  # the input is not modified
+
+
+def _combined(n: int, scale: float, shape: tuple[int, int], level: float = 0.0) -> CalibImage:
+    calib = CalibImage.empty(shape)
+    calib.image[:] = level
+    for i in range(n):
+        calib.header[f"HIERARCH CPP_INPUT_{i}"] = 1000 + i
+        calib.header[f"HIERARCH CPP_INPUT_SCALE_{i}"] = scale
+    calib.header["NCOMBINE"] = n
+    return calib
+
+
+def test_expected_residual_noise_internal_is_the_read_noise_external_the_formula() -> None:
+    from types import SimpleNamespace
+
+    from services.verifier.expected_noise import bias_residual_noise, dark_residual_noise
+    from services.verifier.verification import expected_residual_noise
+    from shared.instruments import get_instrument
+    from shared.isr import IsrResult
+
+    geometry = get_instrument("LSSTComCam").detector(1).with_data_shape(20, 10)
+    rn = {a.name: a.read_noise for a in geometry.amplifiers}
+    result = IsrResult(
+        image=CalibImage.empty(geometry.shape),
+        overscan_fits={a.name: {"serial": "MEAN_PER_ROW", "parallel": "SMOOTH"} for a in geometry.amplifiers},
+    )
+    bias = _combined(20, 1.0, geometry.shape)
+    dark = _combined(20, 30.0, geometry.shape, level=0.5)
+    internal = SimpleNamespace(header={"EXPID": 1005}, dark_time=30.0)
+    external = SimpleNamespace(header={"EXPID": 2001}, dark_time=30.0)
+    assert expected_residual_noise("bias", {"bias": bias}, internal, geometry, result, rn) == rn
+    got = expected_residual_noise("bias", {"bias": bias}, external, geometry, result, rn)
+    assert got == pytest.approx({a: bias_residual_noise(v, 20, serial_pixels=58) for a, v in rn.items()})
+    applied = {"bias": bias, "dark": dark}
+    assert expected_residual_noise("dark", applied, internal, geometry, result, rn) == rn
+    got = expected_residual_noise("dark", applied, external, geometry, result, rn)
+    want = {
+        a: dark_residual_noise(
+            v, dark_time=30.0, reference_dark_times=[30.0] * 20, n_bias=20, dark_current=0.5, serial_pixels=58
+        )
+        for a, v in rn.items()
+    }
+    assert got == pytest.approx(want)
+    # A reference that does not say what it was made of: cp_verify's read noise.
+    assert (
+        expected_residual_noise(
+            "bias", {"bias": CalibImage.empty(geometry.shape)}, external, geometry, result, rn
+        )
+        == rn
+    )
