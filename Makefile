@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck asyncapi stack-up stack-down clean
+.PHONY: setup tools demo test lint typecheck asyncapi manifests stack-up stack-down clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 ($(PYTHON)) is required"; exit 1; }
@@ -13,14 +13,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
-## setup: virtual environment with cpflow installed, the Kafka jars in the cache, and Debian's chromium
-## (the report's browser test) when it is missing
-setup: $(STAMP)
+## setup: virtual environment with cpflow installed, the Kafka jars in the cache, the ops tools, and
+## Debian's chromium (the report's browser test) when it is missing
+setup: $(STAMP) tools
 	@command -v chromium >/dev/null 2>&1 || { \
 		echo "installing Debian's chromium (headless browser of the report test)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
 		|| echo "warning: could not install chromium; tests/e2e/test_report.py needs it"; }
 	$(BIN)/python -c "from cpflow.kafka_local import fetch_jars; print('kafka jars:', fetch_jars())"
+
+## tools: what tests/ops needs besides the venv: promtool (Debian's prometheus package), kustomize
+## (kubectl's, else built from its Go module), compose-load (tests/ops/composeload, Go), Grafana's
+## TypeScript types and tsc (npm, pinned)
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus package (promtool, prometheus)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@command -v kubectl >/dev/null 2>&1 || test -x $(BIN)/kustomize || { \
+	  echo "no kubectl: building kustomize v5.5.0"; \
+	  GOBIN=$(CURDIR)/$(BIN) go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0; }
+	@test -x $(BIN)/compose-load || { \
+	  echo "building compose-load (compose-go v2.16.2, the loader of docker compose)"; \
+	  cd tests/ops/composeload && go build -o $(CURDIR)/$(BIN)/compose-load .; }
+	@test -x monitoring/typecheck/node_modules/.bin/tsc || \
+	  npm ci --prefix monitoring/typecheck --no-audit --no-fund --loglevel=error
 
 ## demo: start the local stack, run a whole LATISS calibration run (BIAS_DARK_FLAT, defects, PTC) on the simulated camera, print a summary, stop
 demo: setup
@@ -40,6 +56,10 @@ typecheck: $(STAMP)
 ## asyncapi: regenerate the AsyncAPI document from the code
 asyncapi: $(STAMP)
 	$(BIN)/python -m cpflow.asyncapi > asyncapi.yaml
+
+## manifests: regenerate k8s/base/generated/ and monitoring/dashboards/ from the code
+manifests: $(STAMP)
+	$(BIN)/python -m cpflow.manifests
 
 stack-up: setup
 	$(BIN)/cpflow stack up

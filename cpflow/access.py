@@ -17,7 +17,7 @@ from shared.service import service_topics
 from shared.settings import SERVICE_NAMES, Settings
 from shared.topics import Topics
 
-__all__ = ["DEFAULT_PREFIX", "OPERATOR", "Principal", "principals", "username"]
+__all__ = ["DEFAULT_PREFIX", "OPERATOR", "Acl", "Principal", "acls", "principals", "username"]
 
 OPERATOR = "operator"
 DEFAULT_PREFIX = "cpflow"
@@ -57,6 +57,44 @@ def username(role: str, settings: Settings) -> str:
     """
     prefix = settings.topic_prefix or DEFAULT_PREFIX
     return f"cpflow-{role}" if prefix == DEFAULT_PREFIX else f"cpflow-{prefix}-{role}"
+
+
+@dataclass(frozen=True, order=True)
+class Acl:
+    """One allow rule of a principal, as both brokers take it.
+
+    Attributes
+    ----------
+    resource : `str`
+        ``TOPIC`` or ``GROUP``.
+    pattern : `str`
+        ``LITERAL`` or ``PREFIXED`` (a table name ending in ``*``).
+    name : `str`
+        The topic or group name (the prefix, without ``*``).
+    operation : `str`
+        ``READ``, ``WRITE`` or ``DESCRIBE``.
+    """
+
+    resource: str
+    pattern: str
+    name: str
+    operation: str
+
+
+def acls(principal: Principal) -> list[Acl]:
+    """Exactly what ``principal`` may do: read (and describe) its ``reads`` topics, write (and describe)
+    its ``writes`` topics, read its own consumer group; nothing else (no create, no cluster rights)."""
+    found: list[Acl] = []
+    for operations, topics in (
+        (("READ", "DESCRIBE"), principal.reads),
+        (("WRITE", "DESCRIBE"), principal.writes),
+    ):
+        for topic in topics:
+            pattern, name = ("PREFIXED", topic[:-1]) if topic.endswith("*") else ("LITERAL", topic)
+            found.extend(Acl("TOPIC", pattern, name, op) for op in operations)
+    if principal.group is not None:
+        found.append(Acl("GROUP", "LITERAL", principal.group, "READ"))
+    return found
 
 
 def principals(settings: Settings | None = None) -> list[Principal]:

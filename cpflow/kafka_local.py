@@ -371,6 +371,8 @@ class LocalKafka:
         ``writes`` topics and use only its own consumer group; a topic name ending in ``*`` is a
         prefix. ACLs of these users that the table no longer gives are removed.
         """
+        from cpflow.access import acls
+
         admin = self.credentials("admin")
         assert admin is not None, "start the broker first"
         lines: list[str] = []
@@ -379,15 +381,10 @@ class LocalKafka:
             credentials = self.ensure_credentials(principal.name, principal.username)
             found[principal.name] = credentials
             lines.append(f"user {principal.username} {credentials['password']}")
-            for operations, topics in (
-                (("READ", "DESCRIBE"), principal.reads),
-                (("WRITE", "DESCRIBE"), principal.writes),
-            ):
-                for topic in topics:
-                    pattern, name = ("PREFIXED", topic[:-1]) if topic.endswith("*") else ("LITERAL", topic)
-                    lines.extend(f"acl {principal.username} {op} TOPIC {pattern} {name}" for op in operations)
-            if principal.group is not None:
-                lines.append(f"acl {principal.username} READ GROUP LITERAL {principal.group}")
+            lines.extend(
+                f"acl {principal.username} {a.operation} {a.resource} {a.pattern} {a.name}"
+                for a in acls(principal)
+            )
         client = self.home / "admin.properties"
         write_private(
             client,

@@ -8,6 +8,7 @@ import sys
 import uvicorn
 
 from shared.logs import configure_logging
+from shared.service import GRACEFUL_TIMEOUT_S
 from shared.settings import SettingsError, load_settings
 
 
@@ -22,9 +23,9 @@ def serve(name: str) -> None:
     app, _ctx = module.create_app(settings)
     uvicorn.run(
         app,
-        host="127.0.0.1",
+        host=settings.http_host,
         port=settings.http_ports[name],
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=60,
+        timeout_graceful_shutdown=int(GRACEFUL_TIMEOUT_S),
     )

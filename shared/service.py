@@ -79,6 +79,11 @@ T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel)
 VERSION = "0.1.0"
 
+GRACEFUL_TIMEOUT_S = 60.0
+"""On SIGTERM: how long the broker lets in-flight handlers finish, and then how long uvicorn waits for
+open HTTP connections (each; a pod's termination grace period must exceed both together). A handler
+still running after that is abandoned uncommitted and redelivered to another consumer."""
+
 READY_CACHE_SECONDS = 5.0
 """How long a readiness answer is reused: probes never queue work behind the handlers."""
 
@@ -559,7 +564,7 @@ def _make_broker(
         security=connection_for(settings, name).faststream_security(),
         client_id=f"cpflow-{name}-{socket.gethostname()}",
         enable_idempotence=True,
-        graceful_timeout=60.0,
+        graceful_timeout=GRACEFUL_TIMEOUT_S,
         middlewares=(
             KafkaPrometheusMiddleware(registry=registry, app_name=name, metrics_prefix="faststream"),
             _dead_letter_middleware(lambda: ctx_ref[0]),
@@ -603,6 +608,7 @@ def create_service(
     ctx = _context(name, settings, broker, registry, router)
     ctx_ref.append(ctx)
     register(router, ctx)
+    ctx.metrics.initialise(name, ctx.consumes)
     broker.include_router(router)
     app = AsgiFastStream(
         broker,

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     partitions: int = Field(
         default=3, ge=1, le=1000, description="Partitions per topic (the same for all: co-partitioning)."
     )
+    http_host: str = Field(
+        default="127.0.0.1",
+        description="Address the services' HTTP servers listen on (0.0.0.0 in a container, for probes).",
+    )
     acquirer_port: int = Field(default=8181, ge=1, le=65535, description="HTTP port of the acquirer.")
     generator_port: int = Field(default=8182, ge=1, le=65535, description="HTTP port of the generator.")
     verifier_port: int = Field(default=8183, ge=1, le=65535, description="HTTP port of the verifier.")

@@ -86,6 +86,7 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
         await ctx.with_butler(
             "acquire", accept_run, config, event, ctx.settings.topic_prefix, run_id=event.run_id
         )
+        ctx.metrics.runs_started.labels(instrument=config.instrument).inc()
         await ctx.status(
             event, "RUNNING", f"accepted: {config.script_mode} on {config.instrument}", stage="acquire"
         )

@@ -95,6 +95,11 @@ def register(router: KafkaRouter, ctx: ServiceContext) -> None:
         record = verdict_of(generation, outcome, duration)
         ctx.metrics.stage_duration.labels(stage="verify", calib_type=calib_type).observe(duration)
         for (test, passed), count in outcome.test_counts.items():
+            # Both outcomes of a test exist once it has run (the other at 0), so the failed fraction
+            # of a type is a number from then on, not "no data".
+            ctx.metrics.verification_tests.labels(
+                calib_type=calib_type, test=test, outcome="fail" if passed else "pass"
+            )
             ctx.metrics.verification_tests.labels(
                 calib_type=calib_type, test=test, outcome="pass" if passed else "fail"
             ).inc(count)

@@ -120,3 +120,18 @@ def open_butler(
         The butler; close it (or use it as a context manager) when done.
     """
     return Butler.from_config(str(root), writeable=writeable, run=run, collections=collections)
+
+
+def main() -> None:
+    """``python -m shared.butler.repo``: create (or re-sync) the repository of this environment's settings.
+
+    What a Kubernetes init container runs before a service starts (safe in several pods at once).
+    """
+    from shared.settings import load_settings
+
+    settings = load_settings()
+    print(create_repository(settings.butler_repo, registry_db=settings.registry_db))
+
+
+if __name__ == "__main__":
+    main()
