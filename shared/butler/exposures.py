@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,24 @@ from lsst.daf.butler import (
 )
 from lsst.daf.butler.registry import ConflictingDefinitionError
 
-from shared.instruments import Instrument
+from shared.instruments import Instrument, get_instrument
 from shared.rawformat import RawFormatError, check_raw
 from shared.translation import HeaderError, RawHeaderInfo, translate
 
+from .collections import collection_exists, raw_collection
 from .datasets import RAW
 from .formatters import RawFitsFormatter
 
-__all__ = ["day_obs_record", "exposure_record", "group_record", "ingest_raws", "read_primary_header"]
+__all__ = [
+    "FileIngest",
+    "day_obs_record",
+    "exposure_record",
+    "group_record",
+    "ingest_files",
+    "ingest_raws",
+    "raw_files",
+    "read_primary_header",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -276,3 +287,74 @@ def _ingest(
                     found = ref
                 refs[index] = found
     return [ref for ref in refs if ref is not None]
+
+
+@dataclass(frozen=True)
+class FileIngest:
+    """What `ingest_files` did with one file."""
+
+    path: Path
+    outcome: str
+    """``ingested``, ``unchanged`` (already in the raw collection) or ``failed``."""
+    detail: str
+    """The data ID, or why the file was not ingested."""
+
+
+RAW_SUFFIXES = (".fits", ".fits.fz", ".fits.gz", ".fz")
+"""File names a directory is searched for (``*.fits``, ...)."""
+
+
+def raw_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files to ingest: each file given, and every raw-named file under each directory (sorted)."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(RAW_SUFFIXES))
+            )
+        else:
+            found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def ingest_files(
+    butler: Butler,
+    paths: Sequence[Path],
+    instrument: Instrument | None = None,
+    *,
+    transfer: str = "copy",
+) -> list[FileIngest]:
+    """Ingest raws file by file, as ``butler ingest-raws``: each into ``<INSTR>/raw/all``.
+
+    Each file is checked from its headers and ingested in its own transaction with its exposure
+    records; a file that cannot be read, or is not a raw of ``instrument`` (when given; otherwise the
+    instrument its INSTRUME names), is reported with the reason and the others go on. A raw whose
+    data ID is already in the raw collection is left as it is (``unchanged``).
+
+    Returns
+    -------
+    outcomes : `list` [`FileIngest`]
+        One per path, in order.
+    """
+    outcomes: list[FileIngest] = []
+    for path in paths:
+        try:
+            info = check_raw(path, instrument)
+            target = instrument or get_instrument(info.instrument)
+            run = raw_collection(target.name)
+            data_id = {"instrument": target.name, "exposure": info.exposure_id, "detector": info.detector}
+            label = f"{target.name} exposure={info.exposure_id} ({info.obs_id}) detector={info.detector}"
+            if (
+                collection_exists(butler, run)
+                and butler.find_dataset(RAW, data_id, collections=run) is not None
+            ):
+                outcomes.append(FileIngest(Path(path), "unchanged", f"{label} is already in {run}"))
+                continue
+            ingest_raws(butler, [Path(path)], target, run=run, transfer=transfer)
+            outcomes.append(FileIngest(Path(path), "ingested", f"{label} into {run}"))
+        except (RawFormatError, HeaderError) as exc:
+            outcomes.append(FileIngest(Path(path), "failed", str(exc)))
+        except Exception as exc:  # a butler or file-system failure on this file: report it, go on
+            outcomes.append(FileIngest(Path(path), "failed", f"{path}: {type(exc).__name__}: {exc}"))
+    return outcomes
