@@ -244,6 +244,11 @@ class Instrument:
     def detector_ids(self) -> tuple[int, ...]:
         return tuple(d.id for d in self.detectors)
 
+    @property
+    def science_detector_ids(self) -> tuple[int, ...]:
+        """Ids of the science sensors (not the guider and wavefront sensors of LSSTCam's corners)."""
+        return tuple(d.id for d in self.detectors if d.purpose == "SCIENCE")
+
     def detector(self, detector_id: int) -> Detector:
         for det in self.detectors:
             if det.id == detector_id:
@@ -434,7 +439,119 @@ def _comcam() -> Instrument:
     )
 
 
-_FACTORIES = {"LATISS": _latiss, "LSSTComCam": _comcam}
+# LSSTCam (rubin_formats.md §4.3): the 21 science rafts in obs_lsst's id order, with their vendor.
+_LSSTCAM_RAFTS: tuple[tuple[str, str], ...] = (
+    ("R01", "ITL"), ("R02", "ITL"), ("R03", "ITL"), ("R10", "ITL"), ("R11", "E2V"), ("R12", "E2V"),
+    ("R13", "E2V"), ("R14", "E2V"), ("R20", "ITL"), ("R21", "E2V"), ("R22", "E2V"), ("R23", "E2V"),
+    ("R24", "E2V"), ("R30", "E2V"), ("R31", "E2V"), ("R32", "E2V"), ("R33", "E2V"), ("R34", "E2V"),
+    ("R41", "ITL"), ("R42", "ITL"), ("R43", "ITL"),
+)  # fmt: skip
+_LSSTCAM_CORNERS: tuple[tuple[str, int], ...] = (("R00", 189), ("R04", 193), ("R40", 197), ("R44", 201))
+"""Corner rafts and the id of their SG0; SG1, SW0 and SW1 follow."""
+# Nominal values per vendor (cp_algorithms.md §6, obs_lsst raft files): gain e/ADU, read noise e,
+# raw saturation ADU.
+_LSSTCAM_NOMINAL = {
+    "ITL": ((1.55, 1.75), (5.5, 8.0), 120_000.0),
+    "E2V": ((1.38, 1.53), (5.1, 6.5), 130_000.0),
+}
+
+
+def _wavefront_amplifiers(gains: list[float], read_noises: list[float]) -> tuple[AmplifierGeometry, ...]:
+    """ITL-4400B half sensor (``CCD_ITL_WF``): C10 … C17 at columns 7 … 0 of one row, flipped in x and y."""
+    amps = []
+    for index in range(8):
+        amps.append(
+            AmplifierGeometry(
+                name=f"C1{index}",
+                index=index,
+                gain=gains[index],
+                read_noise=read_noises[index],
+                saturation=120_000.0,
+                data_rows=ITL.data_rows,
+                data_cols=ITL.data_cols,
+                prescan_cols=ITL.prescan_cols,
+                serial_overscan_cols=ITL.serial_overscan_cols,
+                parallel_overscan_rows=ITL.parallel_overscan_rows,
+                x0=(7 - index) * ITL.data_cols,
+                y0=0,
+                flip_x=True,
+                flip_y=True,
+            )
+        )
+    return tuple(amps)
+
+
+@cache
+def _lsstcam() -> Instrument:
+    detectors = []
+    for raft_index, (raft, vendor) in enumerate(_LSSTCAM_RAFTS):
+        (g_lo, g_hi), (n_lo, n_hi), saturation = _LSSTCAM_NOMINAL[vendor]
+        for slot in range(9):
+            det_id = 9 * raft_index + slot
+            sensor = f"S{slot // 3}{slot % 3}"
+            detectors.append(
+                Detector(
+                    id=det_id,
+                    name=f"{raft}_{sensor}",
+                    raft=raft,
+                    name_in_raft=sensor,
+                    # Not the real serial numbers (cpflow's facts do not list them).
+                    serial=f"{'ITL-3800C' if vendor == 'ITL' else 'E2V-CCD250'}-{det_id:03d}",
+                    physical_type=vendor,
+                    amplifiers=vendor_amplifiers(
+                        vendor,
+                        _nominal(3000 + det_id, g_lo, g_hi),
+                        _nominal(4000 + det_id, n_lo, n_hi),
+                        saturation,
+                    ),
+                )
+            )
+    for raft, first in _LSSTCAM_CORNERS:
+        for offset, sensor in enumerate(("SG0", "SG1", "SW0", "SW1")):
+            det_id = first + offset
+            gains, noises = _nominal(3000 + det_id, 1.55, 1.75), _nominal(4000 + det_id, 5.5, 8.0)
+            guider = sensor.startswith("SG")
+            detectors.append(
+                Detector(
+                    id=det_id,
+                    name=f"{raft}_{sensor}",
+                    raft=raft,
+                    name_in_raft=sensor,
+                    serial=f"{'ITL-3800C' if guider else 'ITL-4400B'}-{det_id:03d}",
+                    physical_type="ITL" if guider else "ITL_WF",
+                    amplifiers=(
+                        vendor_amplifiers("ITL", gains, noises, 120_000.0)
+                        if guider
+                        else _wavefront_amplifiers(gains, noises)
+                    ),
+                    purpose="GUIDER" if guider else "WAVEFRONT",
+                )
+            )
+    return Instrument(
+        name="LSSTCam",
+        class_name="cpflow.instruments.LSSTCam",
+        detectors=tuple(detectors),
+        filters=(
+            ("empty", "white"),
+            ("none", "white"),
+            ("ef_43", "white"),
+            ("ph_5", "white"),
+            ("u_24", "u"),
+            ("g_6", "g"),
+            ("r_57", "r"),
+            ("i_39", "i"),
+            ("z_20", "z"),
+            ("y_10", "y"),
+        ),
+        default_filter="empty",
+        obs_id_prefix="MC_O",
+        header_names=("LSSTCam", "lsstCam"),
+        telescope="Simonyi Survey Telescope",
+        camera_csc="MTCAMERA",
+    )
+
+
+_FACTORIES = {"LATISS": _latiss, "LSSTComCam": _comcam, "LSSTCam": _lsstcam}
 
 
 def instrument_names() -> tuple[str, ...]:

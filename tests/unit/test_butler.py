@@ -89,7 +89,16 @@ def test_create_repository_idempotent(tmp_path: Path) -> None:
     assert (root / "gen3.sqlite3").exists()
     with open_butler(root, writeable=False) as butler:
         instruments = {rec.name for rec in butler.query_dimension_records("instrument")}
-        assert instruments == {"LATISS", "LSSTComCam"}
+        assert instruments == {"LATISS", "LSSTComCam", "LSSTCam"}
+        lsstcam = {rec.id: rec for rec in butler.query_dimension_records("detector", instrument="LSSTCam")}
+        assert len(lsstcam) == 205
+        assert (lsstcam[98].full_name, lsstcam[98].raft, lsstcam[98].name_in_raft) == (
+            "R22_S22",
+            "R22",
+            "S22",
+        )
+        assert lsstcam[29].full_name == "R10_S02"
+        assert [lsstcam[i].purpose for i in (188, 189, 191)] == ["SCIENCE", "GUIDER", "WAVEFRONT"]
         comcam = butler.query_dimension_records("detector", instrument="LSSTComCam")
         assert sorted(rec.id for rec in comcam) == list(range(9))
         assert {rec.full_name for rec in comcam} == {d.name for d in get_instrument("LSSTComCam").detectors}

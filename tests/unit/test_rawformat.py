@@ -14,8 +14,8 @@ from astropy.io import fits
 
 from services.generator.defects import find_defects
 from shared.butler.raws import detector_for_raw
-from shared.images import CalibImage
-from shared.instruments import Detector, get_instrument, vendor_amplifiers
+from shared.images import CalibImage, RawDetectorImage
+from shared.instruments import Detector, get_instrument
 from shared.isr import IsrConfig, run_isr
 from shared.rawformat import RawFormatError, check_raw, raw_geometry, read_raw, segment_header
 from tests.unit.realraws import COMCAM_OBJECT, LATISS_DARK, real_header, write_real_raw
@@ -32,18 +32,18 @@ VENDORS = {
 SEGMENT_SHAPE = (2048, 576)
 
 
-def e2v_detector() -> Detector:
-    """An e2v CCD250 (cpflow has no LSSTCam yet): the ComCam detector R22_S00 with e2v amplifiers."""
-    base = get_instrument("LSSTComCam").detector(0)
-    amps = vendor_amplifiers("E2V", [1.0] * 16, [5.0] * 16, 200_000.0)
-    return Detector(
-        id=base.id,
-        name=base.name,
-        raft=base.raft,
-        name_in_raft=base.name_in_raft,
-        serial="E2V-CCD250-370",
-        physical_type="E2V",
-        amplifiers=amps,
+def e2v_header() -> fits.Header:
+    """An LSSTCam e2v raw's primary header: the real ComCam header moved to R22_S22 of LSSTCam."""
+    return real_header(
+        COMCAM_OBJECT,
+        INSTRUME="LSSTCam",
+        CAMCODE="MC",
+        OBSID="MC_O_20241108_000266",
+        CCDSLOT="S22",
+        LSST_NUM="E2V-CCD250-370",
+        CCD_MANU="E2V",
+        CCD_TYPE="CCD250",
+        FILTER="r_57",
     )
 
 
@@ -71,30 +71,27 @@ def dm_ramp(vendor: str) -> np.ndarray:
     return np.arange(height * width, dtype=np.int64).reshape(height, width)
 
 
-def _case(vendor: str, tmp_path: Path) -> tuple[Path, Detector]:
+def _case(vendor: str, tmp_path: Path) -> tuple[Path, Detector, fits.Header]:
     if vendor == "ITL":
-        return tmp_path / "latiss.fits", get_instrument("LATISS").detector(0)
-    return tmp_path / "e2v.fits", e2v_detector()
+        return tmp_path / "latiss.fits", get_instrument("LATISS").detector(0), real_header(LATISS_DARK)
+    return tmp_path / "e2v.fits", get_instrument("LSSTCam").detector(98), e2v_header()
 
 
-def _write(path: Path, vendor: str, detector: Detector, image: np.ndarray, header: str) -> Path:
-    return write_real_raw(path, real_header(header), detector, segments_from_dm(image, vendor))
+def _write(path: Path, vendor: str, detector: Detector, image: np.ndarray, header: fits.Header) -> Path:
+    return write_real_raw(path, header, detector, segments_from_dm(image, vendor))
 
 
-def _read(path: Path, vendor: str, detector: Detector) -> tuple[object, Detector]:
-    if vendor == "ITL":
-        raw = read_raw(path)
-        return raw, detector_for_raw(get_instrument("LATISS"), raw)
-    raw = read_raw(path, detector=detector)
-    return raw, raw_geometry(detector, {n: a.shape for n, a in raw.amplifiers.items()})
+def _read(path: Path) -> tuple[RawDetectorImage, Detector]:
+    raw = read_raw(path)
+    instrument = get_instrument("LATISS" if raw.header["INSTRUME"] == "LATISS" else "LSSTCam")
+    return raw, detector_for_raw(instrument, raw)
 
 
 @pytest.mark.parametrize("vendor", ["ITL", "E2V"])
 def test_isr_returns_every_pixel_at_its_dm_position(vendor: str, tmp_path: Path) -> None:
     """A real-format raw whose data pixels encode their DM (x, y): ISR gives back exactly the ramp."""
-    path, detector = _case(vendor, tmp_path)
+    path, detector, header = _case(vendor, tmp_path)
     ramp = dm_ramp(vendor)
-    header = LATISS_DARK if vendor == "ITL" else COMCAM_OBJECT
     _write(path, vendor, detector, ramp, header)
     with fits.open(path, disable_image_compression=True) as hdul:
         assert (hdul[1].header["ZCMPTYPE"], hdul[1].header["ZBITPIX"], hdul[1].header["ZTILE2"]) == (
@@ -102,7 +99,8 @@ def test_isr_returns_every_pixel_at_its_dm_position(vendor: str, tmp_path: Path)
             32,
             1,
         )
-    raw, geometry = _read(path, vendor, detector)
+    raw, geometry = _read(path)
+    assert raw.detector_id == detector.id
     assert geometry.shape == ramp.shape == ((4000, 4072) if vendor == "ITL" else (4004, 4096))
     result = run_isr(
         raw, geometry, config=IsrConfig(do_saturation=False), gains=dict.fromkeys(raw.amplifiers, 1.0)
@@ -120,7 +118,7 @@ def test_isr_returns_every_pixel_at_its_dm_position(vendor: str, tmp_path: Path)
 @pytest.mark.parametrize("vendor", ["ITL", "E2V"])
 def test_defects_are_found_at_their_dm_position(vendor: str, tmp_path: Path) -> None:
     """Hot pixels injected at DM positions come out of defect finding at those positions."""
-    path, detector = _case(vendor, tmp_path)
+    path, detector, header = _case(vendor, tmp_path)
     v = VENDORS[vendor]
     height, width = 2 * v["h"], 8 * v["w"]
     rng = np.random.default_rng(5)
@@ -128,9 +126,8 @@ def test_defects_are_found_at_their_dm_position(vendor: str, tmp_path: Path) -> 
     hot = [(10, 3990), (4000, 7), (1500, 2100), (width - 1, height - 1), (600, 1990)]  # (x, y)
     for x, y in hot:
         dark[y, x] += 5000
-    header = LATISS_DARK if vendor == "ITL" else COMCAM_OBJECT
     _write(path, vendor, detector, dark, header)
-    raw, geometry = _read(path, vendor, detector)
+    raw, geometry = _read(path)
     result = run_isr(raw, geometry, gains=dict.fromkeys(raw.amplifiers, 1.0))
     combined = CalibImage(
         image=result.image.image, mask=np.zeros_like(result.image.mask), variance=result.image.variance
@@ -142,7 +139,7 @@ def test_defects_are_found_at_their_dm_position(vendor: str, tmp_path: Path) -> 
 def test_segment_keywords_are_those_of_real_files() -> None:
     """DATASEC, DETSEC, DETSIZE and DTV/DTM written for ITL and e2v match the real files (§1.3)."""
     itl = get_instrument("LATISS").detector(0)
-    e2v = e2v_detector()
+    e2v = get_instrument("LSSTCam").detector(98)
     expected = {
         (itl, "C10"): ("[509:1,1:2000]", 513, 0, -1.0, 1.0),
         (itl, "C17"): ("[4072:3564,1:2000]", 4076, 0, -1.0, 1.0),
@@ -242,3 +239,42 @@ def test_files_that_are_not_raws_are_refused_by_name(tmp_path: Path) -> None:
     fits.HDUList(copies).writeto(tmp_path / "float.fits")
     with pytest.raises(RawFormatError, match=r"float\.fits: segment Segment12 is BITPIX=-32"):
         read_raw(tmp_path / "float.fits")
+
+
+def test_lsstcam_focal_plane_ids_and_vendors() -> None:
+    lsstcam = get_instrument("LSSTCam")
+    assert len(lsstcam.detectors) == 205 and len(lsstcam.science_detector_ids) == 189
+    assert lsstcam.detector(98).name == "R22_S22" and lsstcam.detector(29).name == "R10_S02"
+    vendors = [lsstcam.detector(i).physical_type for i in lsstcam.science_detector_ids]
+    assert (vendors.count("ITL"), vendors.count("E2V")) == (72, 117)
+    assert {lsstcam.detector(i).physical_type for i in range(36, 72)} == {"E2V"}  # R11..R14
+    assert {lsstcam.detector(i).physical_type for i in range(72, 81)} == {"ITL"}  # R20
+    corners = {d.id: (d.name, d.purpose) for d in lsstcam.detectors if d.purpose != "SCIENCE"}
+    assert corners[189] == ("R00_SG0", "GUIDER") and corners[204] == ("R44_SW1", "WAVEFRONT")
+    assert len(corners) == 16
+    wavefront = lsstcam.detector(191)
+    assert len(wavefront.amplifiers) == 8 and wavefront.shape == (2000, 4072)
+    assert lsstcam.detector(98).shape == (4004, 4096) and lsstcam.detector(29).shape == (4000, 4072)
+
+
+async def test_simulated_lsstcam_writes_itl_and_e2v_raws(tmp_path: Path) -> None:
+    from services.acquirer.camera import ExposureRequest
+    from services.acquirer.simulated_camera import SimulatedCamera
+
+    lsstcam = get_instrument("LSSTCam")
+    cam = SimulatedCamera(lsstcam, tmp_path / "raw", amp_data_shape=(20, 16), state_dir=tmp_path / "state")
+    frames = await cam.take_image(ExposureRequest("BIAS", 0.0, "g"), [29, 98])
+    for frame in frames:
+        raw = read_raw(frame.path)
+        vendor = lsstcam.detector(frame.detector).physical_type
+        assert raw.detector_id == frame.detector and raw.exposure_id == frame.exposure_id
+        assert (raw.header["INSTRUME"], raw.header["CCD_MANU"]) == ("LSSTCam", vendor)
+        assert f"{raw.header['RAFTBAY']}_{raw.header['CCDSLOT']}" == lsstcam.detector(frame.detector).name
+        prescan, overscan, parallel = (10, 54, 46) if vendor == "E2V" else (3, 64, 48)
+        assert raw.amplifiers["C10"].shape == (20 + parallel, prescan + 16 + overscan)
+        assert raw.amp_headers["C10"]["DATASEC"] == f"[{prescan + 1}:{prescan + 16},1:20]"
+        geometry = detector_for_raw(lsstcam, raw)
+        assert geometry.amplifiers[0].prescan_cols == prescan
+        image = run_isr(raw, geometry).image.image
+        assert image.shape == (40, 128)
+        assert abs(float(np.median(image))) < 30.0  # overscan-subtracted bias in e-: near zero
