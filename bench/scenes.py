@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from services.acquirer.camera import ExposureRequest
 from services.acquirer.simulated_camera import DEFAULT_FLAT_FLUX_E_PER_S, SimulatedCamera
@@ -25,6 +24,7 @@ from services.generator.ptc import AmpPtc, PairMeasurement, extract_pair, pair_e
 from shared.images import CalibImage, MaskPlane, RawDetectorImage
 from shared.instruments import Detector, get_instrument
 from shared.isr import IsrConfig, run_isr
+from shared.rawformat import read_raw
 from shared.stats import clipped_stats
 
 NOW = datetime(2026, 11, 28, 3, 15, 0, tzinfo=UTC)
@@ -90,8 +90,13 @@ class Products:
 
 def _take(cam: SimulatedCamera, image_type: str, exptime: float) -> RawDetectorImage:
     frame = asyncio.run(cam.take_image(ExposureRequest(image_type, exptime, "g"), [0]))[0]
-    with fits.open(frame.path) as hdul:
-        return RawDetectorImage.from_hdulist(hdul)
+    return read_raw(frame.path)
+
+
+def _take_with_truth(cam: SimulatedCamera, image_type: str, exptime: float) -> tuple[RawDetectorImage, int]:
+    """A frame and the number of cosmic rays injected into it (from its truth file)."""
+    frame = asyncio.run(cam.take_image(ExposureRequest(image_type, exptime, "g"), [0]))[0]
+    return read_raw(frame.path), int(SimulatedCamera.frame_truth(frame.path)["n_cosmic_rays"])
 
 
 def build_truth_products(out: Path) -> Products:
@@ -115,10 +120,10 @@ def build_truth_products(out: Path) -> Products:
     # Dark (build_dark): bias-subtracted, cosmic rays flagged, each divided by its dark time.
     darks, dark_times, n_cr = [], [], []
     for _ in range(N_DARK):
-        raw = _take(cam, "DARK", DARK_EXPTIME)
+        raw, cosmic_rays = _take_with_truth(cam, "DARK", DARK_EXPTIME)
         darks.append(run_isr(raw, det, bias=bias).image)
         dark_times.append(raw.dark_time)
-        n_cr.append(int(raw.header["SIMNCR"]))
+        n_cr.append(cosmic_rays)
     for image in darks:
         _mask_cosmic_rays(image, amp_boxes)
     unflag_persistent_cosmic_rays(darks)
@@ -150,7 +155,8 @@ def build_truth_products(out: Path) -> Products:
         exptime = level / DEFAULT_FLAT_FLUX_E_PER_S
         for _ in range(2):
             raw = _take(cam, "FLAT", exptime)
-            exp_id = int(raw.header["EXPID"])
+            assert raw.exposure_id is not None
+            exp_id = raw.exposure_id
             images[exp_id] = run_isr(raw, det, config=adu, bias=bias_adu).image
             times.append((exp_id, raw.exposure_time))
     measurements: dict[str, list[PairMeasurement]] = {}

@@ -6,10 +6,13 @@
     cpflow events RUN_ID [--json]
     cpflow report RUN_ID [-o DIR]
     cpflow demo [CONFIG.yaml]
+    cpflow ingest-raws PATH... [--instrument NAME] [--transfer MODE]
 
 Exit codes of ``submit``: 0 submitted (with ``--wait``: the run SUCCEEDED), 1 the run FAILED,
 2 the configuration was rejected, 3 no final state before the timeout; any command: 4 a ``CPFLOW_*``
-environment variable has a bad value.
+environment variable has a bad value. ``ingest-raws``: 0 every file is in the raw collection (newly
+or already), 1 at least one file could not be ingested (each is named with the reason), 2 no file
+was given or found.
 """
 
 from __future__ import annotations
@@ -299,6 +302,42 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(s.ready for s in statuses) else 1
 
 
+def cmd_ingest_raws(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.butler.exposures import ingest_files, raw_files
+    from shared.butler.repo import create_repository, open_butler
+    from shared.instruments import get_instrument
+
+    instrument = None
+    if args.instrument:
+        try:
+            instrument = get_instrument(args.instrument)
+        except KeyError as exc:
+            print(f"cpflow ingest-raws: {exc.args[0]}", file=sys.stderr)
+            return EXIT_REJECTED
+    missing = [p for p in args.paths if not Path(p).exists()]
+    files = raw_files([p for p in args.paths if Path(p).exists()])
+    if not files and not missing:
+        print(
+            f"cpflow ingest-raws: no raw files (*.fits, *.fz) under {' '.join(args.paths)}", file=sys.stderr
+        )
+        return EXIT_REJECTED
+    root = create_repository(settings.butler_repo, registry_db=settings.registry_db)
+    with open_butler(root) as butler:
+        outcomes = ingest_files(butler, files, instrument, transfer=args.transfer)
+    counts = {"ingested": 0, "unchanged": 0, "failed": len(missing)}
+    for path in missing:
+        print(f"failed     {path}: no such file or directory")
+    for outcome in outcomes:
+        counts[outcome.outcome] += 1
+        text = outcome.detail if outcome.outcome == "failed" else f"{outcome.path}: {outcome.detail}"
+        print(f"{outcome.outcome:10s} {text}")
+    print(
+        f"{counts['ingested']} ingested, {counts['unchanged']} already there (unchanged), "
+        f"{counts['failed']} failed"
+    )
+    return EXIT_OK if counts["failed"] == 0 else EXIT_FAILED
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, Path(args.config) if args.config else DEMO_CONFIG, timeout=args.timeout)
 
@@ -374,6 +413,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_id")
     report.add_argument("-o", "--output", default=".", help="directory of the page <RUN_ID>.html (default .)")
     report.set_defaults(func=cmd_report)
+
+    ingest = sub.add_parser(
+        "ingest-raws",
+        help="ingest raw files (the cameras' format) or directories of them into <INSTR>/raw/all",
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="raw files or directories")
+    ingest.add_argument(
+        "--instrument", help="refuse files of any other instrument (default: each file's INSTRUME)"
+    )
+    ingest.add_argument(
+        "--transfer",
+        default="copy",
+        choices=["copy", "direct", "link", "symlink", "hardlink", "relsymlink", "move", "auto"],
+        help="datastore transfer mode (default copy; direct records the file where it is)",
+    )
+    ingest.set_defaults(func=cmd_ingest_raws)
 
     demo = sub.add_parser(
         "demo",

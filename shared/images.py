@@ -40,28 +40,30 @@ class MaskPlane(IntFlag):
 class RawDetectorImage:
     """One detector of one raw exposure.
 
+    Read and written in the cameras' own format by `shared.rawformat`.
+
     Attributes
     ----------
     header : `astropy.io.fits.Header`
-        Primary header: IMGTYPE, EXPTIME, DARKTIME, DATE-OBS, OBSID, DETNAME, ...
+        Primary header as the camera writes it: IMGTYPE, EXPTIME, DARKTIME, DATE-BEG, OBSID,
+        DAYOBS, SEQNUM, RAFTBAY, CCDSLOT, ... (no exposure id, no detector number).
     amplifiers : `dict` [`str`, `numpy.ndarray`]
-        Raw amplifier arrays (``raw_rows × raw_cols``, ADU) keyed by amplifier name, in
-        readout order (see `shared.instruments`).
+        Raw segments (rows x columns as on disk, ADU) keyed by cameraGeom amplifier name
+        (``C10`` … ``C17``, ``C07`` … ``C00``, the HDU order), in readout order.
     amp_headers : `dict` [`str`, `astropy.io.fits.Header`]
-        Per-amplifier extension headers (EXTNAME, DATASEC, BIASSEC, ...).
+        Per-amplifier segment headers (EXTNAME ``SegmentNN``, CHANNEL, DATASEC, DETSEC, ...).
+    exposure_id, detector_id : `int`, optional
+        Translated from the header by the reader (`shared.translation`).
+    conditions : `dict` [`str`, `astropy.io.fits.Header`]
+        Headers of the condition tables (``REB_COND``, ``CONFIG_COND``), by EXTNAME.
     """
 
     header: fits.Header
     amplifiers: dict[str, np.ndarray]
     amp_headers: dict[str, fits.Header] = field(default_factory=dict)
-
-    @property
-    def detector_id(self) -> int:
-        return int(self.header["DETECTOR"])
-
-    @property
-    def exposure_id(self) -> int:
-        return int(self.header["EXPID"])
+    exposure_id: int | None = None
+    detector_id: int | None = None
+    conditions: dict[str, fits.Header] = field(default_factory=dict)
 
     @property
     def image_type(self) -> str:
@@ -73,26 +75,9 @@ class RawDetectorImage:
 
     @property
     def dark_time(self) -> float:
-        return float(self.header["DARKTIME"])
-
-    def to_hdulist(self) -> fits.HDUList:
-        hdus: list[fits.PrimaryHDU | fits.ImageHDU] = [fits.PrimaryHDU(header=self.header)]
-        for name, data in self.amplifiers.items():
-            hdr = self.amp_headers.get(name, fits.Header()).copy()
-            hdr["EXTNAME"] = name
-            hdus.append(fits.ImageHDU(data=data, header=hdr, name=name))
-        return fits.HDUList(hdus)
-
-    @classmethod
-    def from_hdulist(cls, hdul: fits.HDUList) -> RawDetectorImage:
-        header = hdul[0].header.copy()
-        amplifiers: dict[str, np.ndarray] = {}
-        amp_headers: dict[str, fits.Header] = {}
-        for hdu in hdul[1:]:
-            name = hdu.header["EXTNAME"]
-            amplifiers[name] = np.asarray(hdu.data)
-            amp_headers[name] = hdu.header.copy()
-        return cls(header=header, amplifiers=amplifiers, amp_headers=amp_headers)
+        """DARKTIME, or EXPTIME when the header has none (as obs_lsst)."""
+        value = self.header.get("DARKTIME")
+        return float(value) if isinstance(value, int | float) else self.exposure_time
 
 
 @dataclass

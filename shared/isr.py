@@ -466,6 +466,8 @@ def run_isr(
     mask[~(np.isfinite(image) & np.isfinite(variance))] |= MaskPlane.NO_DATA
 
     header = raw.header.copy()
+    if raw.exposure_id is not None:  # as afw writes EXPID into the images it writes
+        header["EXPID"] = raw.exposure_id
     header["BUNIT"] = "electron" if config.apply_gains else "adu"
     for name, value in overscan_noise.items():
         if not np.isfinite(value):

@@ -2,9 +2,11 @@
 
 `SimulatedCamera` implements `~services.acquirer.camera.CameraDriver` by synthesising raw
 frames in readout order (see `shared.instruments`) and writing one FITS file per detector per
-exposure. Everything injected is recorded so tests and the verification stages can compare
-what cpflow measures with what was put in (`SimulatedCamera.truth`,
-`SimulatedCamera.bias_structure_e`, `SimulatedCamera.dark_current_map_e_per_s`,
+exposure in the cameras' own format (`shared.rawformat`: real primary and segment keywords,
+``SegmentNN`` order, RICE compression, condition tables; no exposure id, detector number or
+simulation keyword in the headers). Everything injected is recorded so tests and the
+verification stages can compare what cpflow measures with what was put in
+(`SimulatedCamera.truth`, `SimulatedCamera.bias_structure_e`, `SimulatedCamera.dark_current_map_e_per_s`,
 `SimulatedCamera.flat_response`, `SimulatedCamera.defect_mask`, `SimulatedCamera.write_truth`).
 
 Units. "True electrons" are the charge in the pixel. Each amplifier has an *actual* gain ``g``
@@ -67,13 +69,15 @@ Per exposure (noise keyed by (exposure id, detector)): a Gaussian per-row jitter
 (`ROW_JITTER_RMS_ADU`, common to the whole row) and a small per-amplifier level wander
 (`EXPOSURE_LEVEL_RMS_ADU`), both removed by the serial overscan; Gaussian read noise in every
 pixel; shot noise; on DARK frames only, cosmic rays: Poisson(``cosmic_ray_rate`` x area (10 µm
-pixels) x DARKTIME) tracks or blobs of 1-10 pixels with 300-3000 e⁻ per pixel (header
-``SIMNCR``). Faults (`shared.runconfig.SimulatorFault`) apply to the ``i``-th frame of an image
-type taken by the camera instance: ``light_leak`` (uniform extra illumination, with shot noise,
-on every amplifier, BIAS frames included), ``hot_amplifier`` (read noise x factor) and
-``dark_ramp`` (``i`` x step extra dark current); header ``SIMFAULT`` lists the kinds applied,
-``SIMINDEX`` is ``i``, ``SIMLEAK`` the light-leak level (e⁻) and ``SIMDRAMP`` the extra dark
-current (e⁻/s).
+pixels) x DARKTIME) tracks or blobs of 1-10 pixels with 300-3000 e⁻ per pixel (their number is
+``n_cosmic_rays`` of the frame's truth file, `SimulatedCamera.frame_truth`). Faults
+(`shared.runconfig.SimulatorFault`) apply to the ``i``-th frame of an image type taken by the
+camera instance: ``light_leak`` (uniform extra illumination, with shot noise, on every
+amplifier, BIAS frames included), ``hot_amplifier`` (read noise x factor) and
+``dark_ramp`` (``i`` x step extra dark current); the frame's truth file
+(``<obs_id>_det<NNN>.truth.json``) lists the kinds applied (``faults``), ``index`` = ``i``, the
+light-leak level (``light_leak_e``, e⁻) and the extra dark current (``dark_ramp_e_per_s``). The
+truth maps (`SimulatedCamera.bias_structure_e`, ...) are in DM's assembled frame.
 
 Timing: DARKTIME = EXPTIME + `READOUT_OVERHEAD_S` (0.2 s of shutter/readout overhead during
 which the sensor integrates dark current) for every image type, so a bias has DARKTIME 0.2 s.
@@ -107,6 +111,7 @@ from astropy.time import Time, TimeDelta
 from services.acquirer.camera import IMAGE_TYPES, CameraDriver, CameraError, CapturedFrame, ExposureRequest
 from shared.images import RawDetectorImage
 from shared.instruments import AmplifierGeometry, Detector, Instrument
+from shared.rawformat import write_raw
 from shared.runconfig.simulator import (
     DEFAULT_BIAS_LEVEL_ADU,
     DEFAULT_COLD_PIXEL_FRACTION,
@@ -118,6 +123,7 @@ from shared.runconfig.simulator import (
     SimulatorConfig,
     SimulatorFault,
 )
+from shared.translation import compute_exposure_id
 
 __all__ = [
     "A00_RANGE",
@@ -139,7 +145,6 @@ __all__ = [
     "ROW_JITTER_RMS_ADU",
     "SimulatedCamera",
     "assemble",
-    "fits_section",
     "unassemble",
 ]
 
@@ -211,21 +216,6 @@ _DETECTOR_STREAM = 4
 _FAULT_STREAM = 5
 _RESPONSE_CACHE_BYTES = 1 << 30
 """Budget of the cache of per-amplifier response maps (recomputed deterministically if evicted)."""
-
-
-def fits_section(rows: slice, cols: slice, *, flip_x: bool = False, flip_y: bool = False) -> str:
-    """Return the FITS 1-based, inclusive ``[x1:x2,y1:y2]`` string of a numpy ``[rows, cols]`` slice.
-
-    With ``flip_x``/``flip_y`` the corresponding range is written in decreasing order, the way
-    DETSEC expresses a flipped amplifier.
-    """
-    x1, x2 = cols.start + 1, cols.stop
-    y1, y2 = rows.start + 1, rows.stop
-    if flip_x:
-        x1, x2 = x2, x1
-    if flip_y:
-        y1, y2 = y2, y1
-    return f"[{x1}:{x2},{y1}:{y2}]"
 
 
 def assemble(detector: Detector, amp_data: dict[str, np.ndarray]) -> np.ndarray:
@@ -520,6 +510,8 @@ class SimulatedCamera(CameraDriver):
         Actual gains are the nominal ones x (1 + uniform(±``gain_spread``)).
     faults : sequence of `shared.runconfig.SimulatorFault`
         Faults to inject.
+    compress : `bool`
+        RICE-compress the segments, as the cameras do (default); `False` writes plain int32 images.
 
     Raises
     ------
@@ -545,6 +537,7 @@ class SimulatedCamera(CameraDriver):
         cosmic_ray_rate: float = DEFAULT_COSMIC_RAY_RATE,
         gain_spread: float = DEFAULT_GAIN_SPREAD,
         faults: Sequence[SimulatorFault] = (),
+        compress: bool = True,
     ) -> None:
         # The limits are those of the configuration's simulator section, checked by it.
         per_amplifier: dict[str, float] = {}
@@ -582,6 +575,7 @@ class SimulatedCamera(CameraDriver):
         self.gain_spread = settings.gain_spread
         self.faults: tuple[SimulatorFault, ...] = tuple(settings.faults)
         self.physical_filter = instrument.default_filter
+        self.compress = compress
         self._closed = False
         self._detectors: dict[int, Detector] = {
             d.id: (d.with_data_shape(*amp_data_shape) if amp_data_shape else d) for d in instrument.detectors
@@ -644,7 +638,7 @@ class SimulatedCamera(CameraDriver):
         now = self._clock()
         day_obs = self.day_obs(now)
         seq_num = await asyncio.to_thread(self._next_seq_num, day_obs)
-        exposure_id = day_obs * 100_000 + seq_num
+        exposure_id = compute_exposure_id(day_obs, seq_num, self.instrument.obs_id_prefix.split("_")[1])
         obs_id = f"{self.instrument.obs_id_prefix}_{day_obs}_{seq_num:06d}"
         index = self._frame_counts.get(image_type, 0)
         self._frame_counts[image_type] = index + 1
@@ -652,12 +646,11 @@ class SimulatedCamera(CameraDriver):
             request, image_type, now, day_obs, seq_num, exposure_id, obs_id, physical_filter
         )
         spec = self._frame_spec(image_type, index, header, exposure_id)
-        header["SIMINDEX"] = (index, "index among this IMGTYPE's frames (0-based)")
-        header["SIMFAULT"] = (",".join(spec.kinds), "simulated faults applied")
-        header["SIMLEAK"] = (spec.leak_e, "[electron] simulated light leak per pixel")
-        header["SIMDRAMP"] = (spec.dark_ramp_e_per_s, "[electron/s] simulated dark ramp")
         paths = await asyncio.gather(
-            *(asyncio.to_thread(self._expose_detector, header, det_id, spec) for det_id in det_ids)
+            *(
+                asyncio.to_thread(self._expose_detector, header, exposure_id, det_id, spec)
+                for det_id in det_ids
+            )
         )
         return [
             CapturedFrame(exposure_id=exposure_id, obs_id=obs_id, detector=det_id, path=path)
@@ -668,6 +661,26 @@ class SimulatedCamera(CameraDriver):
         self._closed = True
 
     # ------------------------------------------------------------------ truth
+
+    @staticmethod
+    def frame_truth_path(raw_path: Path) -> Path:
+        """The per-frame truth file next to a raw: ``<obs_id>_det<NNN>.truth.json``."""
+        raw_path = Path(raw_path)
+        return raw_path.with_name(raw_path.name.removesuffix(".fits") + ".truth.json")
+
+    @classmethod
+    def frame_truth(cls, raw_path: Path) -> dict[str, Any]:
+        """What was injected into one frame (not in the raw's header, which is the camera's).
+
+        Returns
+        -------
+        truth : `dict`
+            ``obs_id``, ``exposure_id``, ``detector``, ``seed``, ``index`` (0-based among the
+            frames of its image type), ``faults`` (kinds applied), ``light_leak_e`` (e⁻ per pixel),
+            ``dark_ramp_e_per_s`` and ``n_cosmic_rays``.
+        """
+        loaded: dict[str, Any] = json.loads(cls.frame_truth_path(raw_path).read_text())
+        return loaded
 
     def detector_geometry(self, detector_id: int) -> Detector:
         """The simulated geometry of a detector (resized if ``amp_data_shape`` was given)."""
@@ -964,19 +977,21 @@ class SimulatedCamera(CameraDriver):
         beg = Time(utc, scale="utc").tai
         end = beg + TimeDelta(exptime, format="sec")
         beg.precision = end.precision = 6
-        camcode = self.instrument.obs_id_prefix.split("_")[0]
-        telescope = "Rubin Auxiliary Telescope" if camcode == "AT" else "Simonyi Survey Telescope"
+        camcode, controller = self.instrument.obs_id_prefix.split("_")[:2]
+        inst = self.instrument
         hdr = fits.Header()
-        hdr["INSTRUME"] = (self.instrument.name, "instrument")
-        hdr["TELESCOP"] = (telescope, "telescope")
+        hdr["INSTRUME"] = (inst.header_names[0] if inst.header_names else inst.name, "instrument")
+        hdr["TELESCOP"] = (inst.telescope, "telescope")
         hdr["CAMCODE"] = (camcode, "camera code")
-        hdr["CONTRLLR"] = ("O", "controller: O = OCS")
+        hdr["CONTRLLR"] = (controller, "controller: O = OCS")
         hdr["OBSID"] = (obs_id, "observation id")
-        hdr["EXPID"] = (exposure_id, "exposure id: DAYOBS * 100000 + SEQNUM")
-        hdr["DAYOBS"] = (day_obs, "observing day (UTC - 12 h)")
+        hdr["DAYOBS"] = (f"{day_obs:08d}", "observing day (UTC - 12 h)")
         hdr["SEQNUM"] = (seq_num, "sequence number within DAYOBS")
         hdr["GROUPID"] = (request.group_id, "group id")
+        hdr["CURINDEX"] = (1, "index of this image in its sequence")
+        hdr["MAXINDEX"] = (1, "number of images in its sequence")
         hdr["IMGTYPE"] = (image_type, "image type")
+        hdr["TESTTYPE"] = (image_type, "test type")
         hdr["EXPTIME"] = (exptime, "[s] exposure time")
         hdr["DARKTIME"] = (darktime, "[s] dark time (exposure + readout overhead)")
         hdr["SHUTTIME"] = (shuttime, "[s] shutter open time")
@@ -987,12 +1002,19 @@ class SimulatedCamera(CameraDriver):
         hdr["MJD-BEG"] = (beg.mjd, "[d] MJD of DATE-BEG (TAI)")
         hdr["MJD-END"] = (end.mjd, "[d] MJD of DATE-END (TAI)")
         hdr["TIMESYS"] = ("TAI", "time scale of DATE-* and MJD-*")
-        hdr["FILTER"] = (physical_filter, "physical filter")
-        hdr["PROGRAM"] = (request.program or "", "scheduling program")
-        hdr["REASON"] = (request.reason or "", "reason for the exposure")
-        hdr["NOTE"] = (request.note or "", "observer note")
-        hdr["SIMULATE"] = (True, "simulated by cpflow SimulatedCamera")
-        hdr["SIMSEED"] = (self.seed, "seed of the simulation")
+        hdr["BUNIT"] = ("adu", "pixel unit")
+        filt, _, grating = physical_filter.partition("~")
+        hdr["FILTER"] = ("empty_1" if inst.has_grating and filt == "empty" else filt, "filter")
+        if inst.has_grating:
+            hdr["GRATING"] = ("empty_1" if grating in ("", "empty") else grating, "grating")
+        hdr["PROGRAM"] = (request.program or None, "scheduling program")
+        hdr["REASON"] = (request.reason or None, "reason for the exposure")
+        hdr["OBJECT"] = ("FlatField position" if image_type == "FLAT" else None, "target")
+        hdr["OBSANNOT"] = (request.note or "", "observer annotation")
+        hdr["VIGN_MIN"] = ("FULLY", "minimum vignetting: the dome is closed")
+        hdr["HEADVER"] = (2, "header version")
+        if inst.camera_csc:
+            hdr[f"HIERARCH SIMULATE {inst.camera_csc}"] = (1, "simulated camera")
         return hdr
 
     def _frame_spec(self, image_type: str, index: int, header: fits.Header, exposure_id: int) -> _FrameSpec:
@@ -1257,36 +1279,54 @@ class SimulatedCamera(CameraDriver):
         np.rint(raw, out=raw)
         return raw.astype(np.int32), n_cr
 
-    def _expose_detector(self, exposure_header: fits.Header, detector_id: int, spec: _FrameSpec) -> Path:
+    def _expose_detector(
+        self, exposure_header: fits.Header, exposure_id: int, detector_id: int, spec: _FrameSpec
+    ) -> Path:
         """Render and write one detector of one exposure (runs in a worker thread)."""
         det = self.detector_geometry(detector_id)
         models = self._amp_models(detector_id)
-        rng = _rng(self.seed, _EXPOSURE_STREAM, int(exposure_header["EXPID"]), det.id)
+        rng = _rng(self.seed, _EXPOSURE_STREAM, exposure_id, det.id)
         header = exposure_header.copy()
-        header["DETECTOR"] = (det.id, "detector id")
-        header["DETNAME"] = (det.name, "detector name")
-        header["DETSER"] = (det.serial, "detector serial number")
-        header["RAFTBAY"] = (det.raft, "raft bay")
+        header["RAFTBAY"] = (self.instrument.header_raftbay or det.raft, "raft bay")
         header["CCDSLOT"] = (det.name_in_raft, "CCD slot in raft")
+        header["LSST_NUM"] = (det.serial, "detector serial number")
+        header["CCD_MANU"] = (det.physical_type, "CCD manufacturer")
+        header["CCD_TYPE"] = ("3800C" if det.physical_type == "ITL" else "CCD250", "CCD model")
+        header["DETSIZE"] = (f"[1:{det.shape[1]},1:{det.shape[0]}]", "detector size")
+        header["FILENAME"] = (f"{header['OBSID']}_{det.name}.fits", "original file name")
         amplifiers: dict[str, np.ndarray] = {}
-        amp_headers: dict[str, fits.Header] = {}
         n_cr = 0
         for amp in det.amplifiers:
             amplifiers[amp.name], amp_cr = self._render_amp(det.id, models[amp.name], spec, rng)
             n_cr += amp_cr
-            ahdr = fits.Header()
-            ahdr["EXTNAME"] = amp.name
-            ahdr["DATASEC"] = (fits_section(*amp.data_slice), "data section")
-            ahdr["BIASSEC"] = (fits_section(*amp.serial_overscan_slice), "serial overscan")
-            ahdr["DETSEC"] = (
-                fits_section(*amp.detector_slice, flip_x=amp.flip_x, flip_y=amp.flip_y),
-                "data section in the assembled detector",
-            )
-            amp_headers[amp.name] = ahdr
-        header["SIMNCR"] = (n_cr, "number of simulated cosmic rays")
-        image = RawDetectorImage(header=header, amplifiers=amplifiers, amp_headers=amp_headers)
+        conditions = {"REB_COND": fits.Header(), "CONFIG_COND": fits.Header()}
+        conditions["REB_COND"]["CCDTEMP"] = (-101.0, "[deg C] CCD temperature")
+        conditions["REB_COND"]["TEMP1"] = (-20.0, "[deg C] REB temperature")
+        conditions["CONFIG_COND"]["FPSEQCS"] = ("0", "sequencer checksum")
+        image = RawDetectorImage(
+            header=header,
+            amplifiers=amplifiers,
+            exposure_id=exposure_id,
+            detector_id=det.id,
+            conditions=conditions,
+        )
         path = self.output_dir / f"{header['OBSID']}_det{det.id:03d}.fits"
         tmp = path.with_name(path.name + ".part")
-        image.to_hdulist().writeto(tmp, overwrite=True)
+        write_raw(image, det, tmp, compress=self.compress)
+        frame_truth = {
+            "obs_id": str(header["OBSID"]),
+            "exposure_id": exposure_id,
+            "detector": det.id,
+            "seed": self.seed,
+            "index": spec.index,
+            "faults": list(spec.kinds),
+            "light_leak_e": spec.leak_e,
+            "dark_ramp_e_per_s": spec.dark_ramp_e_per_s,
+            "n_cosmic_rays": n_cr,
+        }
+        truth_path = self.frame_truth_path(path)
+        truth_tmp = truth_path.with_name(truth_path.name + ".part")
+        truth_tmp.write_text(json.dumps(frame_truth, sort_keys=True) + "\n")
+        os.replace(truth_tmp, truth_path)
         os.replace(tmp, path)
         return path

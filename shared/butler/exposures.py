@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,26 @@ from lsst.daf.butler import (
 )
 from lsst.daf.butler.registry import ConflictingDefinitionError
 
-from shared.instruments import Instrument
+from shared.instruments import Instrument, get_instrument
+from shared.rawformat import RawFormatError, check_raw
+from shared.translation import HeaderError, RawHeaderInfo, translate
 
+from .collections import collection_exists, raw_collection
 from .datasets import RAW
 from .formatters import RawFitsFormatter
 
-__all__ = ["day_obs_record", "exposure_record", "group_record", "ingest_raws", "read_primary_header"]
+__all__ = [
+    "FileIngest",
+    "day_obs_record",
+    "exposure_record",
+    "group_record",
+    "ingest_files",
+    "ingest_raws",
+    "raw_files",
+    "read_primary_header",
+]
 
 _LOG = logging.getLogger(__name__)
-
-_TRUE_STRINGS = {"T", "TRUE", "Y", "YES", "1"}
 
 
 def read_primary_header(path: str | Path) -> fits.Header:
@@ -49,34 +60,21 @@ def read_primary_header(path: str | Path) -> fits.Header:
     return fits.getheader(str(path), 0)
 
 
-def _header_time(header: fits.Header, key: str) -> astropy.time.Time:
-    scale = str(header.get("TIMESYS", "TAI")).strip().lower() or "tai"
-    return astropy.time.Time(str(header[key]), format="isot", scale=scale).tai
+def exposure_record(header: fits.Header, instrument: Instrument, *, source: str = "") -> dict[str, Any]:
+    """Build the ``exposure`` dimension record from a raw's primary header, as obs_base does.
 
-
-def _header_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return bool(value)
-    return str(value).strip().upper() in _TRUE_STRINGS
-
-
-def _header_str(header: fits.Header, key: str) -> str:
-    value = header.get(key)
-    return "" if value is None else str(value).strip()
-
-
-def exposure_record(header: fits.Header, instrument: Instrument) -> dict[str, Any]:
-    """Build the ``exposure`` dimension record from a raw's primary header.
+    The header is translated with obs_lsst's rules (`shared.translation.translate`): the id from
+    DAYOBS, SEQNUM and CONTRLLR, physical_filter from FILTER (and GRATING on LATISS), group from
+    GROUPID, observation type from IMGTYPE, ... ; ``exposure_time`` is the requested EXPTIME.
 
     Parameters
     ----------
     header : `astropy.io.fits.Header`
-        Primary header written by cpflow's camera (EXPID, OBSID, DAYOBS, SEQNUM, GROUPID, IMGTYPE,
-        EXPTIME, DARKTIME, DATE-BEG, DATE-END, FILTER, PROGRAM, REASON, ...).
+        Primary header of a raw as the camera writes it.
     instrument : `shared.instruments.Instrument`
         The instrument the raw belongs to.
+    source : `str`, optional
+        The file's name, for messages.
 
     Returns
     -------
@@ -85,40 +83,46 @@ def exposure_record(header: fits.Header, instrument: Instrument) -> dict[str, An
 
     Raises
     ------
-    KeyError
-        If a required header keyword is missing.
-    ValueError
-        If the header's instrument or filter does not match ``instrument``.
+    shared.translation.HeaderError
+        If the header is not that of a raw of ``instrument``, or its filter is not registered.
     """
-    header_instrument = _header_str(header, "INSTRUME")
-    if header_instrument and header_instrument != instrument.name:
-        raise ValueError(f"raw header INSTRUME={header_instrument!r} but instrument is {instrument.name!r}")
-    physical_filter = _header_str(header, "FILTER")
+    info = translate(header, instrument, source=source)
+    return _record(info, instrument, source)
+
+
+def _record(info: RawHeaderInfo, instrument: Instrument, source: str) -> dict[str, Any]:
     known_filters = [name for name, _ in instrument.filters]
-    if physical_filter not in known_filters:
-        raise ValueError(
-            f"raw header FILTER={physical_filter!r} is not a {instrument.name} filter; known: {known_filters}"
+    if info.physical_filter not in known_filters:
+        where = f"{source}: " if source else ""
+        raise HeaderError(
+            f"{where}physical_filter {info.physical_filter!r} (from FILTER"
+            f"{'/GRATING' if instrument.has_grating else ''}) is not a registered {instrument.name} filter; "
+            f"known: {known_filters}"
         )
-    seq_num = int(header["SEQNUM"])
     return {
         "instrument": instrument.name,
-        "id": int(header["EXPID"]),
-        "obs_id": _header_str(header, "OBSID"),
-        "physical_filter": physical_filter,
-        "group": _header_str(header, "GROUPID"),
-        "day_obs": int(header["DAYOBS"]),
-        "seq_num": seq_num,
-        "seq_start": seq_num,
-        "seq_end": seq_num,
-        "exposure_time": float(header["EXPTIME"]),
-        "dark_time": float(header["DARKTIME"]),
-        "observation_type": _header_str(header, "IMGTYPE").lower(),
-        "observation_reason": _header_str(header, "REASON") or "calibration",
-        "science_program": _header_str(header, "PROGRAM") or "unknown",
-        "target_name": "calibration",
-        "has_simulated": _header_bool(header.get("SIMULATE", False)),
-        "can_see_sky": False,
-        "timespan": Timespan(_header_time(header, "DATE-BEG"), _header_time(header, "DATE-END")),
+        "id": info.exposure_id,
+        "obs_id": info.obs_id,
+        "physical_filter": info.physical_filter,
+        "group": info.group,
+        "day_obs": info.day_obs,
+        "seq_num": info.seq_num,
+        "seq_start": info.seq_start,
+        "seq_end": info.seq_end,
+        "exposure_time": info.exposure_time,
+        "dark_time": info.dark_time,
+        "observation_type": info.observation_type,
+        "observation_reason": info.observation_reason,
+        "science_program": info.science_program,
+        "target_name": info.target_name,
+        "tracking_ra": info.tracking_ra,
+        "tracking_dec": info.tracking_dec,
+        "sky_angle": info.sky_angle,
+        "azimuth": info.azimuth,
+        "zenith_angle": info.zenith_angle,
+        "has_simulated": info.has_simulated,
+        "can_see_sky": info.can_see_sky,
+        "timespan": Timespan(info.datetime_begin, info.datetime_end),
     }
 
 
@@ -168,8 +172,7 @@ def group_record(instrument: str, group: str) -> dict[str, Any]:
     return {"instrument": instrument, "name": group}
 
 
-def _sync_exposure(butler: Butler, header: fits.Header, instrument: Instrument) -> dict[str, Any]:
-    exposure = exposure_record(header, instrument)
+def _sync_exposure(butler: Butler, exposure: dict[str, Any], instrument: Instrument) -> dict[str, Any]:
     registry = butler.registry
 
     def sync() -> None:
@@ -191,8 +194,10 @@ def ingest_raws(
 ) -> list[DatasetRef]:
     """Ingest raw FITS files as ``raw`` datasets (idempotent).
 
-    For each file the primary header is read, the day_obs, group and exposure records are synced,
-    and the file is ingested into the RUN collection ``run`` with data ID (instrument, exposure,
+    Every file is first checked from its headers (`shared.rawformat.check_raw`: header translation,
+    segments, registered filter); one that is not a raw of ``instrument`` stops the ingest before
+    anything is written. Then the day_obs, group and exposure records are synced and each file is
+    ingested into the RUN collection ``run`` with data ID (instrument, exposure,
     detector). Dataset IDs are derived from the data ID and run, so a redelivered raw maps to the
     same dataset; a raw already in ``run`` is skipped and its existing ref returned.
 
@@ -216,9 +221,10 @@ def ingest_raws(
 
     Raises
     ------
-    ValueError
-        If a header names another instrument, an unknown filter or detector.
+    shared.rawformat.RawFormatError
+        Naming the file, if one is not a raw of ``instrument`` (nothing is then ingested).
     """
+    checked = [(Path(path), _checked_record(path, instrument)) for path in paths]
     registry = butler.registry
     registry.registerCollection(run, CollectionType.RUN)
     raw_type = registry.getDatasetType(RAW)
@@ -226,12 +232,21 @@ def ingest_raws(
     # The exposure records and the raws are written in one transaction: a crash between them
     # leaves neither, so no exposure is ever registered without its raw.
     with butler.transaction():
-        return _ingest(butler, paths, instrument, run=run, transfer=transfer, raw_type=raw_type)
+        return _ingest(butler, checked, instrument, run=run, transfer=transfer, raw_type=raw_type)
+
+
+def _checked_record(path: str | Path, instrument: Instrument) -> tuple[int, dict[str, Any]]:
+    """(detector, exposure record) of a raw, checked from its headers; raises RawFormatError."""
+    info = check_raw(path, instrument)
+    try:
+        return info.detector, _record(info, instrument, str(path))
+    except HeaderError as exc:
+        raise RawFormatError(str(exc)) from None
 
 
 def _ingest(
     butler: Butler,
-    paths: Sequence[Path],
+    checked: Sequence[tuple[Path, tuple[int, dict[str, Any]]]],
     instrument: Instrument,
     *,
     run: str,
@@ -240,11 +255,8 @@ def _ingest(
 ) -> list[DatasetRef]:
     refs: list[DatasetRef | None] = []
     pending: list[tuple[int, FileDataset]] = []
-    for index, path in enumerate(paths):
-        header = read_primary_header(path)
-        detector = int(header["DETECTOR"])
-        instrument.detector(detector)  # raises for an unknown detector
-        exposure = _sync_exposure(butler, header, instrument)
+    for index, (path, (detector, record)) in enumerate(checked):
+        exposure = _sync_exposure(butler, record, instrument)
         data_id = DataCoordinate.standardize(
             instrument=instrument.name,
             exposure=exposure["id"],
@@ -275,3 +287,74 @@ def _ingest(
                     found = ref
                 refs[index] = found
     return [ref for ref in refs if ref is not None]
+
+
+@dataclass(frozen=True)
+class FileIngest:
+    """What `ingest_files` did with one file."""
+
+    path: Path
+    outcome: str
+    """``ingested``, ``unchanged`` (already in the raw collection) or ``failed``."""
+    detail: str
+    """The data ID, or why the file was not ingested."""
+
+
+RAW_SUFFIXES = (".fits", ".fits.fz", ".fits.gz", ".fz")
+"""File names a directory is searched for (``*.fits``, ...)."""
+
+
+def raw_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files to ingest: each file given, and every raw-named file under each directory (sorted)."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(RAW_SUFFIXES))
+            )
+        else:
+            found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def ingest_files(
+    butler: Butler,
+    paths: Sequence[Path],
+    instrument: Instrument | None = None,
+    *,
+    transfer: str = "copy",
+) -> list[FileIngest]:
+    """Ingest raws file by file, as ``butler ingest-raws``: each into ``<INSTR>/raw/all``.
+
+    Each file is checked from its headers and ingested in its own transaction with its exposure
+    records; a file that cannot be read, or is not a raw of ``instrument`` (when given; otherwise the
+    instrument its INSTRUME names), is reported with the reason and the others go on. A raw whose
+    data ID is already in the raw collection is left as it is (``unchanged``).
+
+    Returns
+    -------
+    outcomes : `list` [`FileIngest`]
+        One per path, in order.
+    """
+    outcomes: list[FileIngest] = []
+    for path in paths:
+        try:
+            info = check_raw(path, instrument)
+            target = instrument or get_instrument(info.instrument)
+            run = raw_collection(target.name)
+            data_id = {"instrument": target.name, "exposure": info.exposure_id, "detector": info.detector}
+            label = f"{target.name} exposure={info.exposure_id} ({info.obs_id}) detector={info.detector}"
+            if (
+                collection_exists(butler, run)
+                and butler.find_dataset(RAW, data_id, collections=run) is not None
+            ):
+                outcomes.append(FileIngest(Path(path), "unchanged", f"{label} is already in {run}"))
+                continue
+            ingest_raws(butler, [Path(path)], target, run=run, transfer=transfer)
+            outcomes.append(FileIngest(Path(path), "ingested", f"{label} into {run}"))
+        except (RawFormatError, HeaderError) as exc:
+            outcomes.append(FileIngest(Path(path), "failed", str(exc)))
+        except Exception as exc:  # a butler or file-system failure on this file: report it, go on
+            outcomes.append(FileIngest(Path(path), "failed", f"{path}: {type(exc).__name__}: {exc}"))
+    return outcomes

@@ -2,8 +2,8 @@
 
 Every file written here can be opened with `astropy.io.fits` (or ds9) without any cpflow code:
 
-* `RawFitsFormatter`: `shared.images.RawDetectorImage`, a primary header plus one image HDU per
-  amplifier (``EXTNAME`` = amplifier name).
+* `RawFitsFormatter`: `shared.images.RawDetectorImage` in the cameras' own raw format
+  (`shared.rawformat`: segments ``SegmentNN`` in cameraGeom order, RICE-compressed int32).
 * `CalibImageFitsFormatter`: `shared.images.CalibImage`, a primary header plus ``IMAGE``, ``MASK``
   and ``VARIANCE`` image HDUs.
 * `TableFitsFormatter`: `astropy.table.Table` as a FITS binary table, the table's ``meta`` in the
@@ -25,6 +25,7 @@ from lsst.daf.butler import FormatterV2
 from lsst.resources import ResourcePath
 
 from shared.images import CalibImage, RawDetectorImage
+from shared.rawformat import image_geometry, read_raw, write_raw
 
 __all__ = ["CalibImageFitsFormatter", "RawFitsFormatter", "TableFitsFormatter"]
 
@@ -45,10 +46,9 @@ class _FitsFormatter(FormatterV2):
 
 
 class RawFitsFormatter(_FitsFormatter):
-    """Read and write `shared.images.RawDetectorImage` as multi-extension FITS.
+    """Read and write `shared.images.RawDetectorImage` in the cameras' raw format (`shared.rawformat`).
 
-    The primary HDU holds the exposure's header; each amplifier is an image HDU whose ``EXTNAME``
-    is the amplifier name (``C00``..``C17``).
+    Real raws (compressed or not) and the simulated camera's files are read by the same code.
     """
 
     def read_from_local_file(self, path: str, component: str | None = None, expected_size: int = -1) -> Any:
@@ -68,8 +68,7 @@ class RawFitsFormatter(_FitsFormatter):
         raw : `shared.images.RawDetectorImage`
             The raw image, with data loaded into memory.
         """
-        with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
-            return RawDetectorImage.from_hdulist(hdul)
+        return read_raw(path)
 
     def write_local_file(self, in_memory_dataset: Any, uri: ResourcePath) -> None:
         """Write a raw detector image.
@@ -82,7 +81,7 @@ class RawFitsFormatter(_FitsFormatter):
             Local (temporary) file to write.
         """
         self._check_type(in_memory_dataset, RawDetectorImage)
-        in_memory_dataset.to_hdulist().writeto(uri.ospath, overwrite=True)
+        write_raw(in_memory_dataset, image_geometry(in_memory_dataset), uri.ospath)
 
 
 class CalibImageFitsFormatter(_FitsFormatter):

@@ -6,6 +6,7 @@ from lsst.daf.butler import Butler
 
 from shared.images import RawDetectorImage
 from shared.instruments import Detector, Instrument
+from shared.rawformat import image_geometry
 
 from . import datasets
 from .collections import raw_collection
@@ -14,15 +15,11 @@ __all__ = ["detector_for_raw", "load_raw"]
 
 
 def detector_for_raw(instrument: Instrument, raw: RawDetectorImage) -> Detector:
-    """The detector geometry that matches ``raw`` (simulated small frames have smaller amplifiers)."""
-    detector = instrument.detector(raw.detector_id)
-    amp = detector.amplifiers[0]
-    rows, cols = raw.amplifiers[amp.name].shape
-    data_rows = rows - amp.parallel_overscan_rows
-    data_cols = cols - amp.prescan_cols - amp.serial_overscan_cols
-    if (data_rows, data_cols) == (amp.data_rows, amp.data_cols):
-        return detector
-    return detector.with_data_shape(data_rows, data_cols)
+    """The detector geometry of ``raw``: the camera's data boxes, overscans from the segment shapes.
+
+    (Simulated small frames also have smaller data boxes, see `shared.rawformat`.)
+    """
+    return image_geometry(raw, instrument)
 
 
 def load_raw(butler: Butler, instrument: str, exposure: int, detector: int) -> RawDetectorImage:

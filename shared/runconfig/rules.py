@@ -49,7 +49,7 @@ COLLECTION_KEYS: tuple[str, ...] = (
 )
 """The comma-separated input-collection keys; each defaults to ``<instrument>/calib``."""
 
-# LSSTCam has no cpflow geometry yet; its detector ids are 0..204 (189 science, 16 corner sensors).
+# Detector ids of an instrument without a cpflow definition (LSSTCam's 0..204 before it had one).
 _LSSTCAM_DETECTOR_IDS: tuple[int, ...] = tuple(range(205))
 
 _PTC_FIT_TYPE_OPTION = re.compile(r"ptcFitType\s*=\s*([A-Za-z_]+)")
@@ -64,9 +64,9 @@ def parse_certify_date(text: str) -> _dt.datetime:
 
 
 def instrument_detector_ids(instrument: str) -> list[int]:
-    """Every detector id of ``instrument``, sorted."""
+    """The ids of ``instrument``'s science detectors, sorted (what an empty ``detectors`` means)."""
     if instrument in instrument_names():
-        return sorted(get_instrument(instrument).detector_ids)
+        return sorted(get_instrument(instrument).science_detector_ids)
     return list(_LSSTCAM_DETECTOR_IDS)
 
 
@@ -191,7 +191,21 @@ def _detectors_of_instrument(config: RunConfiguration, given: frozenset[str]) ->
     if config.instrument == "LATISS":
         return
     valid = instrument_detector_ids(config.instrument)
-    invalid = sorted(set(config.detectors) - set(valid))
+    if config.instrument in instrument_names():
+        inst = get_instrument(config.instrument)
+        corner = [
+            inst.detector(d) for d in sorted(set(config.detectors) & set(inst.detector_ids) - set(valid))
+        ]
+        if corner:
+            named = ", ".join(f"{d.id} ({d.name}, {d.purpose.lower()})" for d in corner)
+            yield (
+                "detectors",
+                f"{named}: corner-raft guider and wavefront sensors take no bias, dark or flat "
+                f"calibrations here; the science sensors are {valid[0]}..{valid[-1]}",
+            )
+        invalid = sorted(set(config.detectors) - set(inst.detector_ids))
+    else:
+        invalid = sorted(set(config.detectors) - set(valid))
     if invalid:
         listed = f" ({', '.join(map(str, valid))})" if len(valid) <= 16 else ""
         yield (

@@ -368,6 +368,35 @@ def test_comcam_bias_dark_on_three_detectors(stack: Settings, configs: Path) -> 
     assert frames >= 4 * 3
 
 
+def test_lsstcam_bias_dark_on_both_vendors_at_full_size(stack: Settings, configs: Path) -> None:
+    """LSSTCam R10_S02 (ITL) and R22_S22 (e2v), full-size real-format frames: certified, vendor shapes."""
+    config = write_config(
+        configs,
+        instrument="LSSTCam",
+        script_mode="BIAS_DARK",
+        detectors=[29, 98],
+        n_bias=4,
+        n_dark=3,
+        exp_times_dark=2,
+        simulator={"seed": 5},
+        calib_collection="LSSTCam/calib/modes",
+        certify_calib_begin_date="2027-01-01",
+        certify_calib_end_date="2027-12-31",
+    )
+    _, view = run(stack, config, expect=0)
+    for calib_type in ("bias", "dark"):
+        t = view["types"][calib_type]
+        assert t["frames"]["detectors"] == [29, 98]
+        assert t["verification"]["verdict"] == "PASSED"
+        assert sorted(t["certification"]["dataset_ids"]) == ["29", "98"]
+    lsstcam = get_instrument("LSSTCam")
+    for detector, shape in ((29, (4000, 4072)), (98, (4004, 4096))):
+        assert lsstcam.detector(detector).physical_type == ("ITL" if detector == 29 else "E2V")
+        for calib_type in ("bias", "dark"):
+            product = certified(stack, calib_type, "LSSTCam/calib", detector, instrument="LSSTCam")
+            assert product.image.shape == shape, (calib_type, detector)
+
+
 def test_events_carry_the_run_id_as_key(stack: Settings, full_run: tuple[str, dict]) -> None:
     run_id, _ = full_run
     topics = Topics(stack.topic_prefix)

@@ -32,39 +32,37 @@ from shared.butler import (
 )
 from shared.images import CalibImage, RawDetectorImage
 from shared.instruments import get_instrument
+from tests.unit.realraws import LATISS_DARK, real_header, write_real_raw
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_raw(path: Path, *, exposure_id: int = 2026031500001, detector: int = 0) -> Path:
-    """Write a tiny LATISS-like raw bias with astropy only."""
-    header = fits.Header()
-    header["INSTRUME"] = "LATISS"
-    header["DETECTOR"] = detector
-    header["EXPID"] = exposure_id
-    header["OBSID"] = f"AT_O_20260315_{exposure_id % 100000:06d}"
-    header["DAYOBS"] = 20260315
-    header["SEQNUM"] = exposure_id % 100000
-    header["GROUPID"] = "2026-03-15T18:00:00.000"
-    header["IMGTYPE"] = "BIAS"
-    header["EXPTIME"] = 0.0
-    header["DARKTIME"] = 0.25
-    header["TIMESYS"] = "TAI"
-    header["DATE-BEG"] = "2026-03-15T18:00:00.000"
-    header["DATE-END"] = "2026-03-15T18:00:02.500"
-    header["FILTER"] = "empty~empty"
-    header["PROGRAM"] = ""
-    header["REASON"] = ""
-    header["NOTE"] = "unit test"
-    header["SIMULATE"] = True
-    hdus: list[fits.PrimaryHDU | fits.ImageHDU] = [fits.PrimaryHDU(header=header)]
+    """A small real-format LATISS bias: the real 2024 header with another day, number and type."""
+    seq_num = exposure_id % 100000
+    header = real_header(
+        LATISS_DARK,
+        DAYOBS="20260315",
+        SEQNUM=seq_num,
+        OBSID=f"AT_O_20260315_{seq_num:06d}",
+        GROUPID="2026-03-15T18:00:00.000",
+        IMGTYPE="BIAS",
+        TESTTYPE="BIAS",
+        EXPTIME=0.0,
+        DARKTIME=0.25,
+        SHUTTIME=0.0,
+        **{"DATE-BEG": "2026-03-15T18:00:00.000", "DATE-END": "2026-03-15T18:00:02.500"},
+        **{"MJD-BEG": None, "MJD-END": None, "MJD-OBS": None, "DATE-OBS": "2026-03-15T18:00:00.000"},
+        GRATING="empty_1",
+        FILTER="empty_1",
+    )
+    geometry = get_instrument("LATISS").detector(detector).with_data_shape(6, 8)
     rng = np.random.default_rng(exposure_id)
-    for row in (1, 0):
-        for col in range(8):
-            data = rng.integers(1000, 1100, size=(6, 8), dtype=np.int32)
-            hdus.append(fits.ImageHDU(data=data, name=f"C{row}{col}"))
-    fits.HDUList(hdus).writeto(path)
-    return path
+    amps = {
+        a.name: rng.integers(1000, 1100, size=(a.raw_rows, a.raw_cols), dtype=np.int32)
+        for a in geometry.amplifiers
+    }
+    return write_real_raw(path, header, geometry, amps)
 
 
 def make_calib(value: float, shape: tuple[int, int] = (8, 10)) -> CalibImage:
@@ -91,7 +89,16 @@ def test_create_repository_idempotent(tmp_path: Path) -> None:
     assert (root / "gen3.sqlite3").exists()
     with open_butler(root, writeable=False) as butler:
         instruments = {rec.name for rec in butler.query_dimension_records("instrument")}
-        assert instruments == {"LATISS", "LSSTComCam"}
+        assert instruments == {"LATISS", "LSSTComCam", "LSSTCam"}
+        lsstcam = {rec.id: rec for rec in butler.query_dimension_records("detector", instrument="LSSTCam")}
+        assert len(lsstcam) == 205
+        assert (lsstcam[98].full_name, lsstcam[98].raft, lsstcam[98].name_in_raft) == (
+            "R22_S22",
+            "R22",
+            "S22",
+        )
+        assert lsstcam[29].full_name == "R10_S02"
+        assert [lsstcam[i].purpose for i in (188, 189, 191)] == ["SCIENCE", "GUIDER", "WAVEFRONT"]
         comcam = butler.query_dimension_records("detector", instrument="LSSTComCam")
         assert sorted(rec.id for rec in comcam) == list(range(9))
         assert {rec.full_name for rec in comcam} == {d.name for d in get_instrument("LSSTComCam").detectors}
@@ -126,9 +133,9 @@ def test_ingest_raw(repo: Path, tmp_path: Path) -> None:
         assert exposure.group == "2026-03-15T18:00:00.000"
         assert exposure.day_obs == 20260315
         assert exposure.physical_filter == "empty~empty"
-        assert exposure.observation_reason == "calibration"
+        assert exposure.observation_reason == "bias"  # TESTTYPE, the header has no REASON
         assert exposure.science_program == "unknown"
-        assert exposure.has_simulated is True
+        assert exposure.has_simulated is False  # every SIMULATE card is 0 or undefined
         assert exposure.timespan.begin == Time("2026-03-15T18:00:00", scale="tai")
 
         again = ingest_raws(butler, [raw_path], latiss, run=run)
@@ -138,8 +145,10 @@ def test_ingest_raw(repo: Path, tmp_path: Path) -> None:
         raw = butler.get(RAW, instrument="LATISS", exposure=2026031500001, detector=0, collections=run)
         assert isinstance(raw, RawDetectorImage)
         assert len(raw.amplifiers) == 16
+        assert (raw.exposure_id, raw.detector_id) == (2026031500001, 0)
         with fits.open(raw_path) as original:
-            np.testing.assert_array_equal(raw.amplifiers["C10"], original["C10"].data)
+            np.testing.assert_array_equal(raw.amplifiers["C10"], original["Segment10"].data)
+            np.testing.assert_array_equal(raw.amplifiers["C00"], original[16].data)
 
 
 def test_calib_image_roundtrip(repo: Path) -> None:

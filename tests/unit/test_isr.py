@@ -165,15 +165,17 @@ def test_flips_place_marked_pixel(detector: Detector) -> None:
     assembled = assemble(arrays, detector)
     assert assembled.shape == detector.shape
     assert np.count_nonzero(assembled) == len(detector.amplifiers)
+    # DM's camera geometry (ITL): C1x in the top row, flipped in x and y; C0x in the bottom row,
+    # flipped in x only; Cxy at column y.
     c10 = detector.amplifier("C10")
-    assert not c10.flip_x and not c10.flip_y
-    assert assembled[c10.y0 + r, c10.x0 + c] == c10.index + 1
+    assert c10.flip_x and c10.flip_y and (c10.x0, c10.y0) == (0, ROWS)
+    assert assembled[c10.y0 + ROWS - 1 - r, c10.x0 + COLS - 1 - c] == c10.index + 1
     c01 = detector.amplifier("C01")
-    assert c01.flip_x and c01.flip_y
-    assert assembled[c01.y0 + ROWS - 1 - r, c01.x0 + COLS - 1 - c] == c01.index + 1
-    # C00 is top right and read from the top-right corner: its first pixel lands at the detector's corner.
-    c00 = detector.amplifier("C00")
-    arrays[c00.name][0, c00.prescan_cols] = 99.0
+    assert c01.flip_x and not c01.flip_y and (c01.x0, c01.y0) == (COLS, 0)
+    assert assembled[r, c01.x0 + COLS - 1 - c] == c01.index + 1
+    # C17 is top right and read from the top-right corner: its first pixel lands at the detector's corner.
+    c17 = detector.amplifier("C17")
+    arrays[c17.name][0, c17.prescan_cols] = 99.0
     assert assemble(arrays, detector)[-1, -1] == 99.0
 
     # Through run_isr: a bright pixel in C01's readout coordinates.
@@ -182,7 +184,7 @@ def test_flips_place_marked_pixel(detector: Detector) -> None:
     amps["C01"][r, c01.prescan_cols + c] += 1000.0
     image = run_isr(RawDetectorImage(header=_header(), amplifiers=amps), detector).image.image
     peak = np.unravel_index(np.argmax(image), image.shape)
-    assert peak == (c01.y0 + ROWS - 1 - r, c01.x0 + COLS - 1 - c)
+    assert peak == (r, c01.x0 + COLS - 1 - c)
     assert image[peak] == pytest.approx(1000.0 * c01.gain, rel=1e-3)
 
 
@@ -196,8 +198,8 @@ def test_saturation_masked(detector: Detector) -> None:
     result = run_isr(RawDetectorImage(header=_header(), amplifiers=amps), detector)
     sat = (result.image.mask & MaskPlane.SAT) != 0
     assert sat.sum() == 2
-    assert sat[c10.y0 + 4, c10.x0 + 7]
-    assert sat[c03.y0 + ROWS - 1, c03.x0 + COLS - 1]
+    assert sat[c10.y0 + ROWS - 1 - 4, c10.x0 + COLS - 1 - 7]
+    assert sat[c03.y0, c03.x0 + COLS - 1]
     off = run_isr(
         RawDetectorImage(header=_header(), amplifiers=amps), detector, config=IsrConfig(do_saturation=False)
     )

@@ -157,9 +157,29 @@ def test_simulator_with_sal_rejected() -> None:
     assert message.startswith("simulator:") and "camera: simulated" in message
 
 
-def test_lsstcam_only_with_sal() -> None:
+def test_lsstcam_science_sensors_simulated_or_with_sal() -> None:
+    # All 189 science sensors at full size are more pixels than a simulated run may write.
     (message,) = _errors({"instrument": "LSSTCam", "script_mode": "BIAS"})
-    assert message.startswith("instrument:") and "only LATISS and LSSTComCam can be simulated" in message
+    assert message.startswith("simulator:") and "x 189 detector(s)" in message
+    cfg = validate_run_configuration(
+        {
+            "instrument": "LSSTCam",
+            "script_mode": "BIAS",
+            "detectors": [98, 29],
+            "simulator": {"amp_data_shape": [20, 16]},
+        }
+    )
+    assert cfg.detector_ids == [29, 98]
+    # The corner rafts' guider and wavefront sensors are refused by name.
+    (message,) = _errors(
+        {"instrument": "LSSTCam", "script_mode": "BIAS", "camera": "sal", "detectors": [90, 189, 191]}
+    )
+    assert message.startswith("detectors: 189 (R00_SG0, guider), 191 (R00_SW0, wavefront): corner-raft")
+    assert "science sensors are 0..188" in message
+    (message,) = _errors(
+        {"instrument": "LSSTCam", "script_mode": "BIAS", "camera": "sal", "detectors": [205]}
+    )
+    assert message.startswith("detectors: [205] not detectors of LSSTCam")
     cfg = validate_run_configuration(
         {"instrument": "LSSTCam", "script_mode": "BIAS", "camera": "sal", "ignore": ["mtdome"]}
     )

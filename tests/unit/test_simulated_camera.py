@@ -14,8 +14,10 @@ from astropy.time import Time
 
 from services.acquirer.camera import CameraDriver, CameraError, ExposureRequest
 from services.acquirer.simulated_camera import READOUT_OVERHEAD_S, SimulatedCamera, assemble, unassemble
+from shared import rawformat
 from shared.images import RawDetectorImage
 from shared.instruments import get_instrument
+from shared.translation import compute_exposure_id, translate
 from tests.unit.rawtools import overscan_corrected
 
 ROWS, COLS = 40, 30
@@ -52,8 +54,7 @@ def bias_request() -> ExposureRequest:
 
 
 def read_raw(path: Path) -> RawDetectorImage:
-    with fits.open(path) as hdul:
-        return RawDetectorImage.from_hdulist(hdul)
+    return rawformat.read_raw(path)
 
 
 async def test_bias_file_layout_and_headers(tmp_path: Path) -> None:
@@ -70,37 +71,49 @@ async def test_bias_file_layout_and_headers(tmp_path: Path) -> None:
     assert frame.exposure_id == 2026112700001
 
     with fits.open(frame.path) as hdul:
-        assert len(hdul) == 17
+        assert len(hdul) == 19  # primary, 16 segments, REB_COND, CONFIG_COND
         names = [h.header["EXTNAME"] for h in hdul[1:]]
-        assert sorted(names) == sorted(a.name for a in get_instrument("LATISS").detector(0).amplifiers)
-        for hdu in hdul[1:]:
+        assert names[:16] == [f"Segment1{i}" for i in range(8)] + [f"Segment0{7 - i}" for i in range(8)]
+        assert names[16:] == ["REB_COND", "CONFIG_COND"]
+        for hdu in hdul[1:17]:
+            assert isinstance(hdu, fits.CompImageHDU)
             assert hdu.data.shape == (ROWS + 48, 3 + COLS + 64)
-            assert hdu.data.dtype.kind == "i"
-        c10 = hdul["C10"].header
+            assert hdu.data.dtype == np.int32
+        assert isinstance(hdul[17], fits.BinTableHDU)
+        c10 = hdul["Segment10"].header
+        assert (c10["CHANNEL"], c10["CCDSUM"]) == (1, "1 1")
         assert c10["DATASEC"] == f"[4:{3 + COLS},1:{ROWS}]"
-        assert c10["BIASSEC"] == f"[{4 + COLS}:{3 + COLS + 64},1:{ROWS}]"
-        assert c10["DETSEC"] == f"[1:{COLS},1:{ROWS}]"
-        assert hdul["C00"].header["DETSEC"] == f"[{8 * COLS}:{7 * COLS + 1},{2 * ROWS}:{ROWS + 1}]"
+        assert "BIASSEC" not in c10  # real segments have none
+        # IRAF DETSEC (DM's frame flipped top to bottom): C10 is at the bottom left there.
+        assert c10["DETSEC"] == f"[{COLS}:1,1:{ROWS}]"
+        assert hdul["Segment00"].header["DETSEC"] == f"[{COLS}:1,{2 * ROWS}:{ROWS + 1}]"
         h = hdul[0].header
     assert h["IMGTYPE"] == "BIAS"
     assert h["INSTRUME"] == "LATISS"
     assert h["CAMCODE"] == "AT"
     assert h["CONTRLLR"] == "O"
-    assert h["DAYOBS"] == 20261127
+    assert h["DAYOBS"] == "20261127"  # a string, as the camera writes it
     assert h["SEQNUM"] == 1
-    assert h["EXPID"] == h["DAYOBS"] * 100000 + h["SEQNUM"]
+    assert "EXPID" not in h and "DETECTOR" not in h  # real headers have neither
+    assert compute_exposure_id(h["DAYOBS"], h["SEQNUM"], h["CONTRLLR"]) == frame.exposure_id
     assert h["OBSID"] == f"AT_O_{h['DAYOBS']}_{h['SEQNUM']:06d}"
     assert h["GROUPID"] == "grp"
     assert h["EXPTIME"] == 0.0
     assert h["DARKTIME"] == pytest.approx(READOUT_OVERHEAD_S)
-    assert h["FILTER"] == "SDSSr_65mm~empty"
-    assert (h["PROGRAM"], h["REASON"], h["NOTE"]) == ("CALIB", "", "hello")
-    assert h["DETECTOR"] == 0
-    assert h["DETNAME"] == "RXX_S00"
-    assert h["DETSER"] == "ITL-3800C-068"
-    assert (h["RAFTBAY"], h["CCDSLOT"]) == ("RXX", "S00")
-    assert h["SIMULATE"] is True
-    assert h["SIMSEED"] == 0
+    assert (h["FILTER"], h["GRATING"]) == ("SDSSr_65mm", "empty_1")
+    assert (h["PROGRAM"], h["OBSANNOT"]) == ("CALIB", "hello")
+    assert h["REASON"] is None or isinstance(h["REASON"], fits.card.Undefined)
+    assert (h["RAFTBAY"], h["CCDSLOT"], h["LSST_NUM"]) == ("R00", "S00", "ITL-3800C-068")
+    assert h["HIERARCH SIMULATE ATCAMERA"] == 1
+    assert not [k for k in h if str(k).startswith("SIM") and str(k) not in ("SIMPLE", "SIMULATE ATCAMERA")]
+    truth = SimulatedCamera.frame_truth(frame.path)
+    assert (truth["seed"], truth["exposure_id"], truth["n_cosmic_rays"]) == (0, frame.exposure_id, 0)
+    info = translate(h)
+    assert (info.exposure_id, info.detector, info.physical_filter) == (
+        frame.exposure_id,
+        0,
+        "SDSSr_65mm~empty",
+    )
     assert h["TIMESYS"] == "TAI"
     # DATE-BEG is the clock time in TAI (37 s ahead of UTC in 2026).
     beg = Time(h["DATE-BEG"], scale="tai")
@@ -120,7 +133,8 @@ async def test_dark_times_and_date_end(tmp_path: Path) -> None:
     dt = Time(h["DATE-END"], scale="tai") - Time(h["DATE-BEG"], scale="tai")
     assert dt.sec == pytest.approx(30.0, abs=1e-3)
     assert (h["MJD-END"] - h["MJD-BEG"]) * 86400 == pytest.approx(30.0, abs=1e-3)
-    assert h["FILTER"] == get_instrument("LATISS").default_filter
+    assert (h["FILTER"], h["GRATING"]) == ("empty_1", "empty_1")
+    assert translate(h).physical_filter == get_instrument("LATISS").default_filter
 
 
 async def test_exposure_ids_increase_and_persist(tmp_path: Path) -> None:
@@ -223,9 +237,11 @@ async def test_combined_bias_matches_truth(tmp_path: Path) -> None:
         assert abs(res.mean()) < 5 * expected / np.sqrt(res.size) + 0.5 * expected
         assert np.std(res) == pytest.approx(expected, rel=0.15), amp.name
     # The truth carries the first-rows rise near each amplifier's readout corner (row 0 read first).
+    # C10 (top left, flipped in y) reads its first row at the top; C00 (bottom left) at the bottom.
     c10, c00 = det.amplifier("C10"), det.amplifier("C00")
-    assert truth[0, : c10.data_cols].mean() > truth[ROWS // 2, : c10.data_cols].mean() + 10
-    assert truth[2 * ROWS - 1, c00.x0 : c00.x0 + COLS].mean() > truth[ROWS + ROWS // 2, c00.x0].mean() + 10
+    assert (c10.x0, c10.y0, c00.x0, c00.y0) == (0, ROWS, 0, 0)
+    assert truth[2 * ROWS - 1, :COLS].mean() > truth[ROWS + ROWS // 2, :COLS].mean() + 10
+    assert truth[0, :COLS].mean() > truth[ROWS // 2, :COLS].mean() + 10
 
 
 async def test_dark_current(tmp_path: Path) -> None:
@@ -318,8 +334,9 @@ async def test_comcam_three_detectors(tmp_path: Path) -> None:
     for f in frames:
         assert f.path.name == f"CC_O_20261127_000001_det{f.detector:03d}.fits"
         h = fits.getheader(f.path)
-        assert h["DETNAME"] == inst.detector(f.detector).name
-        assert h["DETECTOR"] == f.detector
+        assert f"{h['RAFTBAY']}_{h['CCDSLOT']}" == inst.detector(f.detector).name
+        assert translate(h).detector == f.detector
+        assert h["INSTRUME"] == "ComCam"
         assert h["CAMCODE"] == "CC"
         assert h["FILTER"] == "r_03"
         assert h["IMGTYPE"] == "FLAT"

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from services.acquirer.simulated_camera import (
 from shared.images import RawDetectorImage
 from shared.instruments import AmplifierGeometry, get_instrument
 from shared.isr import IsrConfig, run_isr
+from shared.rawformat import read_raw
 from shared.runconfig import SimulatorConfig, SimulatorFault
 from tests.unit.rawtools import overscan_corrected
 
@@ -44,10 +46,20 @@ def make_camera(
     )
 
 
+_TRUTH: dict[int, dict[str, Any]] = {}
+
+
 async def take(cam: SimulatedCamera, image_type: str, exptime: float) -> RawDetectorImage:
+    """Take one frame and read it with the raw reader; its injected truth is `truth_of` it."""
     frame = (await cam.take_image(ExposureRequest(image_type, exptime, "g"), [0]))[0]
-    with fits.open(frame.path) as hdul:
-        return RawDetectorImage.from_hdulist(hdul)
+    raw = read_raw(frame.path)
+    _TRUTH[id(raw)] = SimulatedCamera.frame_truth(frame.path)
+    return raw
+
+
+def truth_of(raw: RawDetectorImage) -> dict[str, Any]:
+    """What the camera injected into a frame `take` returned (from its truth file, not its header)."""
+    return _TRUTH[id(raw)]
 
 
 def signal_e(cam: SimulatedCamera, raw: RawDetectorImage) -> np.ndarray:
@@ -100,7 +112,7 @@ def test_truth_scalars(tmp_path: Path) -> None:
 async def test_dark_matches_dark_map_and_defects(tmp_path: Path) -> None:
     cam = make_camera(tmp_path, hot_pixel_fraction=1e-3, cosmic_ray_rate=0.0)
     raw = await take(cam, "DARK", 300.0)
-    assert raw.header["SIMNCR"] == 0
+    assert truth_of(raw)["n_cosmic_rays"] == 0
     measured = signal_e(cam, raw)
     expected = cam.dark_current_map_e_per_s(0) * raw.dark_time
     masks = cam.defect_mask(0)
@@ -137,7 +149,7 @@ async def test_bias_has_no_dark_charge(tmp_path: Path) -> None:
     measured = signal_e(cam, raw)
     hot = cam.defect_mask(0)["hot_pixel"]
     assert abs(measured[hot].mean()) < 5 * 10.0 / np.sqrt(hot.sum())
-    assert raw.header["SIMNCR"] == 0 and raw.header["SIMFAULT"] == ""
+    assert truth_of(raw)["n_cosmic_rays"] == 0 and ",".join(truth_of(raw)["faults"]) == ""
 
 
 async def test_flat_matches_response_map(tmp_path: Path) -> None:
@@ -247,7 +259,7 @@ async def test_cosmic_rays_on_darks_only(tmp_path: Path) -> None:
     det = cam.detector_geometry(0)
     area_cm2 = det.shape[0] * det.shape[1] * PIXEL_SIZE_CM**2
     dark = await take(cam, "DARK", 30.0)
-    n_cr = dark.header["SIMNCR"]
+    n_cr = truth_of(dark)["n_cosmic_rays"]
     expected = rate * area_cm2 * dark.dark_time
     assert abs(n_cr - expected) < 5 * np.sqrt(expected)
     measured = signal_e(cam, dark)
@@ -255,20 +267,20 @@ async def test_cosmic_rays_on_darks_only(tmp_path: Path) -> None:
     assert n_cr <= hits.sum() <= 10 * n_cr
     assert measured.max() > 250.0
     for image_type, exptime in (("BIAS", 0.0), ("FLAT", 1.0)):
-        assert (await take(cam, image_type, exptime)).header["SIMNCR"] == 0
+        assert truth_of(await take(cam, image_type, exptime))["n_cosmic_rays"] == 0
     quiet = make_camera(tmp_path, out="quiet", cosmic_ray_rate=0.0)
-    assert (await take(quiet, "DARK", 30.0)).header["SIMNCR"] == 0
+    assert truth_of(await take(quiet, "DARK", 30.0))["n_cosmic_rays"] == 0
 
 
 async def test_light_leak_fault_on_selected_biases(tmp_path: Path) -> None:
     fault = SimulatorFault(kind="light_leak", image_type="BIAS", exposures=[1], level_e=500.0)
     cam = make_camera(tmp_path, faults=[fault])
     raws = [await take(cam, "BIAS", 0.0) for _ in range(3)]
-    assert [r.header["SIMINDEX"] for r in raws] == [0, 1, 2]
-    assert [r.header["SIMFAULT"] for r in raws] == ["", "light_leak", ""]
-    level = raws[1].header["SIMLEAK"]
+    assert [truth_of(r)["index"] for r in raws] == [0, 1, 2]
+    assert [",".join(truth_of(r)["faults"]) for r in raws] == ["", "light_leak", ""]
+    level = truth_of(raws[1])["light_leak_e"]
     assert 0.0 < level <= 1000.0
-    assert raws[0].header["SIMLEAK"] == 0.0
+    assert truth_of(raws[0])["light_leak_e"] == 0.0
     truth = cam.truth(0)["amplifiers"]
     for i, raw in enumerate(raws):
         measured = signal_e(cam, raw)
@@ -282,7 +294,7 @@ async def test_light_leak_fault_on_selected_biases(tmp_path: Path) -> None:
                 [a.read_noise**2 for a in cam.detector_geometry(0).amplifiers]
             )
     # Darks and flats of the same camera are not affected.
-    assert (await take(cam, "DARK", 1.0)).header["SIMFAULT"] == ""
+    assert ",".join(truth_of(await take(cam, "DARK", 1.0))["faults"]) == ""
 
 
 async def test_hot_amplifier_and_dark_ramp_faults(tmp_path: Path) -> None:
@@ -296,8 +308,8 @@ async def test_hot_amplifier_and_dark_ramp_faults(tmp_path: Path) -> None:
     good = ~cam.defect_mask(0)["any"]
     for i in range(3):
         raw = await take(cam, "DARK", 20.0)
-        assert raw.header["SIMFAULT"] == "hot_amplifier,dark_ramp"
-        assert raw.header["SIMDRAMP"] == pytest.approx(2.0 * i)
+        assert ",".join(truth_of(raw)["faults"]) == "hot_amplifier,dark_ramp"
+        assert truth_of(raw)["dark_ramp_e_per_s"] == pytest.approx(2.0 * i)
         measured = signal_e(cam, raw)
         for amp in det.amplifiers:
             t = truth[amp.name]
@@ -312,7 +324,7 @@ async def test_hot_amplifier_and_dark_ramp_faults(tmp_path: Path) -> None:
             ), amp.name
     # Biases and flats: neither fault applies.
     bias = await take(cam, "BIAS", 0.0)
-    assert bias.header["SIMFAULT"] == "" and bias.header["SIMDRAMP"] == 0.0
+    assert ",".join(truth_of(bias)["faults"]) == "" and truth_of(bias)["dark_ramp_e_per_s"] == 0.0
     overscan = bias.amplifiers["C10"][det.amplifier("C10").serial_overscan_slice].astype(float)
     noise = np.std(overscan - np.median(overscan, axis=1)[:, None])
     assert noise == pytest.approx(truth["C10"]["read_noise_adu"], rel=0.1)
@@ -325,8 +337,8 @@ async def test_deterministic_with_seed(tmp_path: Path) -> None:
     c = make_camera(tmp_path, seed=12, out="c", **kwargs)
     for image_type, exptime in (("DARK", 30.0), ("FLAT", 5.0)):
         ra, rb, rc = [await take(cam, image_type, exptime) for cam in (a, b, c)]
-        assert ra.header["SIMNCR"] == rb.header["SIMNCR"]
-        assert ra.header["SIMLEAK"] == rb.header["SIMLEAK"]
+        assert truth_of(ra)["n_cosmic_rays"] == truth_of(rb)["n_cosmic_rays"]
+        assert truth_of(ra)["light_leak_e"] == truth_of(rb)["light_leak_e"]
         for name in ra.amplifiers:
             np.testing.assert_array_equal(ra.amplifiers[name], rb.amplifiers[name])
             assert not np.array_equal(ra.amplifiers[name], rc.amplifiers[name])
