@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from services.acquirer.camera import ExposureRequest
 from services.acquirer.simulated_camera import SimulatedCamera
@@ -41,6 +40,7 @@ from services.generator.generation import _mask_cosmic_rays, unflag_persistent_c
 from shared.images import CalibImage, MaskPlane, RawDetectorImage
 from shared.instruments import get_instrument
 from shared.isr import IsrConfig, run_isr
+from shared.rawformat import read_raw
 from shared.stats import clipped_stdev
 
 NOW = datetime(2026, 11, 28, 3, 15, 0, tzinfo=UTC)
@@ -62,8 +62,7 @@ def _take(cam: SimulatedCamera, image_type: str, exptime: float) -> list[RawDete
     frames = asyncio.run(cam.take_image(request, list(DETECTORS)))
     out = []
     for frame in frames:
-        with fits.open(frame.path) as hdul:
-            out.append(RawDetectorImage.from_hdulist(hdul))
+        out.append(read_raw(frame.path, cam.instrument))
     return out
 
 

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from astropy.io import fits
 
 from services.acquirer.camera import ExposureRequest
 from services.acquirer.simulated_camera import SimulatedCamera
@@ -32,6 +31,7 @@ from services.verifier.statistics import bias_amp_statistics
 from shared.images import CalibImage, MaskPlane, RawDetectorImage
 from shared.instruments import Detector, get_instrument
 from shared.isr import run_isr
+from shared.rawformat import read_raw
 from shared.stats import clipped_stats
 
 DETECTOR = 1
@@ -56,8 +56,7 @@ class Frames:
 def _take(cam: SimulatedCamera, image_type: str, exptime: float) -> RawDetectorImage:
     request = ExposureRequest(image_type, exptime, cam.physical_filter)
     frame = asyncio.run(cam.take_image(request, [DETECTOR]))[0]
-    with fits.open(frame.path) as hdul:
-        return RawDetectorImage.from_hdulist(hdul)
+    return read_raw(frame.path, cam.instrument)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from shared.isr import (
     run_isr,
     serial_overscan_per_row,
 )
+from shared.rawformat import read_raw
 
 ROWS, COLS = 20, 16
 BIAS_LEVEL = 1000.0
@@ -331,8 +332,7 @@ def test_simulated_camera_overscans_keep_rows_and_smooth_columns(tmp_path: Path)
         state_dir=tmp_path / "s",
     )
     frame = asyncio.run(cam.take_image(ExposureRequest("BIAS", 0.0, cam.physical_filter), [1]))[0]
-    with fits.open(frame.path) as hdul:
-        raw = RawDetectorImage.from_hdulist(hdul)
+    raw = read_raw(frame.path, cam.instrument)
     result = run_isr(raw, cam.detector_geometry(1))
     assert {f["serial"] for f in result.overscan_fits.values()} == {"MEAN_PER_ROW"}
     assert {f["parallel"] for f in result.overscan_fits.values()} == {SMOOTH}
