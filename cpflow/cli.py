@@ -321,7 +321,9 @@ def cmd_ingest_raws(args: argparse.Namespace, settings: Settings) -> int:
             f"cpflow ingest-raws: no raw files (*.fits, *.fz) under {' '.join(args.paths)}", file=sys.stderr
         )
         return EXIT_REJECTED
-    root = create_repository(settings.butler_repo, registry_db=settings.registry_db)
+    root = create_repository(
+        settings.butler_repo, registry_db=settings.registry_db, seed=settings.butler_seed
+    )
     with open_butler(root) as butler:
         outcomes = ingest_files(butler, files, instrument, transfer=args.transfer)
     counts = {"ingested": 0, "unchanged": 0, "failed": len(missing)}

@@ -114,6 +114,18 @@ def prometheus_rule(rules: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def butler_configmap() -> dict[str, Any]:
+    """The butler's seed configuration (storage classes, formatters, datastore) as a ConfigMap."""
+    from shared.butler.repo import SEED_CONFIG
+
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cpflow-butler-config"},
+        "data": {"seed.yaml": SEED_CONFIG.read_text()},
+    }
+
+
 def dashboard_configmaps(boards: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
@@ -139,6 +151,7 @@ def generated_files(root: Path = ROOT) -> dict[Path, str]:
         base / "kafka-users.yaml": _dump(kafka_users(settings)),
         base / "prometheus-rule.yaml": _dump([prometheus_rule(rules)]),
         base / "grafana-dashboards.yaml": _dump(dashboard_configmaps(boards)),
+        base / "butler-config.yaml": _dump([butler_configmap()]),
     }
     for uid, board in boards.items():
         files[Path("monitoring/dashboards") / f"{uid}.json"] = (

@@ -131,7 +131,11 @@ def stack_up(settings: Settings | None = None, timeout: float = 180.0, echo: boo
     settings.home.mkdir(parents=True, exist_ok=True)
     say(f"butler repository: {settings.butler_repo}")
     call_with_retries(
-        settings.transient_retries, create_repository, settings.butler_repo, registry_db=settings.registry_db
+        settings.transient_retries,
+        create_repository,
+        settings.butler_repo,
+        registry_db=settings.registry_db,
+        seed=settings.butler_seed,
     )
     kafka = _kafka(settings)
     say(f"kafka broker: starting on {kafka.bootstrap}")

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
         le=1_048_576,
         description="RAM for one combine's ISR'd inputs; inputs past it go to scratch memory maps.",
     )
+    butler_seed: Path | None = Field(
+        default=None,
+        description="Seed configuration of a new butler repository (default: the one cpflow ships).",
+    )
     network_dir: Path | None = Field(
         default=None,
         description="Generated sorting networks and their compiled code (default $TMPDIR/cpflow-networks).",

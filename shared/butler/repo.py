@@ -22,7 +22,7 @@ SEED_CONFIG = Path(__file__).parent / "config" / "seed.yaml"
 """Seed configuration for `lsst.daf.butler.Butler.makeRepo` (storage classes and formatters)."""
 
 
-def seed_config(registry_db: str | None = None) -> Config:
+def seed_config(registry_db: str | None = None, seed: str | Path | None = None) -> Config:
     """Load the seed configuration, optionally with a registry database URL.
 
     Parameters
@@ -30,19 +30,24 @@ def seed_config(registry_db: str | None = None) -> Config:
     registry_db : `str`, optional
         SQLAlchemy URL of the registry (e.g. ``postgresql://user@host/db``); the default is a
         SQLite file ``gen3.sqlite3`` in the repository root.
+    seed : `str` or `pathlib.Path`, optional
+        Another seed configuration (``CPFLOW_BUTLER_SEED``; in Kubernetes the ConfigMap
+        ``cpflow-butler-config``); the default is `SEED_CONFIG`.
 
     Returns
     -------
     config : `lsst.daf.butler.Config`
         The configuration to pass to ``Butler.makeRepo``.
     """
-    config = Config(str(SEED_CONFIG))
+    config = Config(str(seed or SEED_CONFIG))
     if registry_db:
         config["registry", "db"] = registry_db
     return config
 
 
-def create_repository(root: str | Path, *, registry_db: str | None = None) -> Path:
+def create_repository(
+    root: str | Path, *, registry_db: str | None = None, seed: str | Path | None = None
+) -> Path:
     """Create the butler repository if needed and sync instruments and dataset types.
 
     Safe to call again on an existing repository (and by several processes at once): it then only
@@ -65,7 +70,7 @@ def create_repository(root: str | Path, *, registry_db: str | None = None) -> Pa
     created_elsewhere = False
     if not (root / "butler.yaml").exists():
         try:
-            Butler.makeRepo(str(root), config=seed_config(registry_db))
+            Butler.makeRepo(str(root), config=seed_config(registry_db, seed))
             _LOG.info("created butler repository at %s", root)
         except FileExistsError:
             _LOG.info("butler repository at %s is being created by another process", root)
@@ -130,7 +135,9 @@ def main() -> None:
     from shared.settings import load_settings
 
     settings = load_settings()
-    print(create_repository(settings.butler_repo, registry_db=settings.registry_db))
+    print(
+        create_repository(settings.butler_repo, registry_db=settings.registry_db, seed=settings.butler_seed)
+    )
 
 
 if __name__ == "__main__":
