@@ -25,10 +25,12 @@ from typing import Any
 import astropy.table
 from lsst.daf.butler import Butler
 
-from shared.butler import datasets
-from shared.butler.collections import run_collection
-from shared.butler.runrecords import expected_calib_types, find_record, load_run_config, read_record
-from shared.instruments import instrument_names
+from shared.butler.runrecords import (
+    expected_calib_types,
+    instrument_of_run,
+    load_run_config,
+    read_record,
+)
 from shared.records import CalibOutcome
 
 __all__ = ["ExportError", "ExportedFile", "export_run", "ingest_commands", "target_run"]
@@ -61,13 +63,6 @@ def target_run(instrument: str, run_id: str) -> str:
     return f"{instrument}/calib/cpflow/{run_id}"
 
 
-def _instrument_of(butler: Butler, run_id: str) -> str:
-    for name in instrument_names():
-        if find_record(butler, datasets.RUN_CONFIG, name, run_collection(name, run_id)) is not None:
-            return name
-    raise ExportError(f"no run {run_id} in the butler repository")
-
-
 def _digest(path: Path) -> str:
     sha = hashlib.sha256()
     with path.open("rb") as stream:
@@ -84,7 +79,7 @@ def export_run(butler: Butler, run_id: str, directory: Path) -> list[ExportedFil
     ExportError
         If the run is unknown or certified nothing.
     """
-    instrument = _instrument_of(butler, run_id)
+    instrument = _instrument(butler, run_id)
     config = load_run_config(butler, instrument, run_id)
     exported: list[ExportedFile] = []
     for calib_type in expected_calib_types(config):
@@ -177,3 +172,10 @@ def ingest_commands(
             f"{shlex.quote(calib_collection)} {dataset_type}"
         )
     return commands
+
+
+def _instrument(butler: Butler, run_id: str) -> str:
+    instrument = instrument_of_run(butler, run_id)
+    if instrument is None:
+        raise ExportError(f"no run {run_id} in the butler repository")
+    return instrument

@@ -30,19 +30,16 @@ from lsst.daf.butler import Butler
 from cpflow.sandbox import sandbox_settings
 from cpflow.submission import new_run_id
 from cpflow.topics_reader import publish_event, read_events
-from shared.butler import datasets
-from shared.butler.collections import run_collection
 from shared.butler.repo import open_butler
 from shared.butler.runrecords import (
     expected_calib_types,
-    find_record,
+    instrument_of_run,
     load_run_config,
     read_record,
     store_run_config,
     write_record,
 )
 from shared.events import parse_event
-from shared.instruments import instrument_names
 from shared.kafka_access import connection_for
 from shared.records import AcquisitionManifest, GenerationRecord, ReplayStage, RunReplay, VerificationRecord
 from shared.runconfig import validate_run_configuration
@@ -65,13 +62,6 @@ class ReplayError(LookupError):
     """A run that cannot be replayed, and why."""
 
 
-def _instrument_of(butler: Butler, run_id: str) -> str:
-    for name in instrument_names():
-        if find_record(butler, datasets.RUN_CONFIG, name, run_collection(name, run_id)) is not None:
-            return name
-    raise ReplayError(f"no run {run_id} in the butler repository")
-
-
 def replay_collection(instrument: str, run_id: str) -> str:
     """The calibration collection a replayed run certifies into."""
     return f"{instrument}/calib/replay/{run_id}"
@@ -79,7 +69,7 @@ def replay_collection(instrument: str, run_id: str) -> str:
 
 def _seed(butler: Butler, run_id: str, new_id: str, stage: ReplayStage, prefix: str, certify: bool) -> Any:
     """Write the new run's replay record and copies of the original's records before ``stage``."""
-    instrument = _instrument_of(butler, run_id)
+    instrument = _instrument(butler, run_id)
     original = load_run_config(butler, instrument, run_id)
     document = original.to_document()
     document["calib_collection"] = replay_collection(instrument, new_id)
@@ -162,3 +152,10 @@ def _json(fields: dict[str, Any]) -> bytes:
 def _topic(topics: Topics, suffix: str) -> str:
     name: str = getattr(topics, suffix.replace(".", "_"))
     return name
+
+
+def _instrument(butler: Butler, run_id: str) -> str:
+    instrument = instrument_of_run(butler, run_id)
+    if instrument is None:
+        raise ReplayError(f"no run {run_id} in the butler repository")
+    return instrument

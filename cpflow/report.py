@@ -47,10 +47,10 @@ from cpflow.runview import RunView, build_views
 from services.verifier.statistics import FLAT_NOISE_TOLERANCE, FLAT_SCATTER_TOLERANCE, NOISE_TOLERANCE
 from shared.butler import datasets
 from shared.butler.collections import collection_exists, run_collection, type_collection
-from shared.butler.runrecords import read_record
+from shared.butler.runrecords import instrument_of_run, read_record
 from shared.calibtypes import CALIB_TYPES, COMBINED_TYPES
 from shared.images import CalibImage
-from shared.instruments import Detector, get_instrument, instrument_names
+from shared.instruments import Detector, get_instrument
 from shared.records import CalibOutcome, GenerationRecord, VerificationRecord
 
 __all__ = [
@@ -136,11 +136,8 @@ class ReportData:
 
 
 def find_run(butler: Butler, run_id: str) -> str | None:
-    """The instrument of ``run_id`` (whose run collection exists in the butler), or `None`."""
-    for name in instrument_names():
-        if collection_exists(butler, run_collection(name, run_id)):
-            return name
-    return None
+    """The instrument of ``run_id`` (whose run collection holds its configuration), or `None`."""
+    return instrument_of_run(butler, run_id)
 
 
 def _data_id(ref: DatasetRef) -> dict[str, Any]:

@@ -33,6 +33,7 @@ __all__ = [
     "differences",
     "expected_calib_types",
     "find_record",
+    "instrument_of_run",
     "load_run_config",
     "put_record",
     "read_record",
@@ -142,6 +143,16 @@ def store_run_config(butler: Butler, config: RunConfiguration, run_id: str) -> D
         config.instrument,
         run_collection(config.instrument, run_id),
     )
+
+
+def instrument_of_run(butler: Butler, run_id: str) -> str | None:
+    """The instrument of ``run_id`` (the one whose run collection holds its configuration), or `None`."""
+    from shared.instruments import instrument_names
+
+    for name in instrument_names():
+        if find_record(butler, datasets.RUN_CONFIG, name, run_collection(name, run_id)) is not None:
+            return name
+    return None
 
 
 def load_run_config(butler: Butler, instrument: str, run_id: str) -> RunConfiguration:
