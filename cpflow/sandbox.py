@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 from cpflow.access import DEFAULT_PREFIX, principals
@@ -41,6 +42,8 @@ def sandbox_settings(settings: Settings, prefix: str) -> Settings:
         If ``prefix`` is not an identifier, or is production's own prefix.
     """
     validate_identifier(prefix)
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", prefix) is None:
+        raise ValueError(f"the sandbox prefix {prefix!r} must be 1 to 40 letters, digits, '_' or '-'")
     if prefix in (settings.topic_prefix, DEFAULT_PREFIX):
         raise ValueError(f"the sandbox prefix {prefix!r} is production's topic prefix; choose another")
     home = settings.home / "sandboxes" / prefix
