@@ -75,25 +75,27 @@ def filter_records(instrument: Instrument) -> list[dict[str, Any]]:
 def record_differences(butler: Butler, instrument: Instrument) -> list[str]:
     """How the repository's records of ``instrument`` differ from cpflow's (empty: identical)."""
     found: list[str] = []
-    wanted: list[tuple[str, dict[str, Any]]] = [("instrument", instrument_record(instrument))]
-    wanted += [("detector", detector_record(instrument, d)) for d in instrument.detectors]
-    wanted += [("physical_filter", record) for record in filter_records(instrument)]
-    for element, ours in wanted:
-        key = ours["id"] if element == "detector" else ours["name"]
+    wanted: dict[str, list[dict[str, Any]]] = {
+        "instrument": [instrument_record(instrument)],
+        "detector": [detector_record(instrument, d) for d in instrument.detectors],
+        "physical_filter": filter_records(instrument),
+    }
+    for element, records in wanted.items():
+        key_name = "id" if element == "detector" else "name"
         data_id = {"instrument": instrument.name} if element != "instrument" else None
-        records = butler.query_dimension_records(element, data_id=data_id, explain=False)
-        theirs = next(
-            (r.toDict() for r in records if (r.id if element == "detector" else r.name) == key), None
-        )
-        if theirs is None:
-            continue
-        changed = [
-            f"{name} {theirs.get(name)!r} (cpflow: {value!r})"
-            for name, value in ours.items()
-            if theirs.get(name) != value
-        ]
-        if changed:
-            found.append(f"{element} {key}: " + ", ".join(changed))
+        existing_records = butler.query_dimension_records(element, data_id=data_id, explain=False)
+        theirs = {d[key_name]: d for d in (r.toDict() for r in existing_records)}
+        for ours in records:
+            existing = theirs.get(ours[key_name])
+            if existing is None:
+                continue
+            changed = [
+                f"{name} {existing.get(name)!r} (cpflow: {value!r})"
+                for name, value in ours.items()
+                if existing.get(name) != value
+            ]
+            if changed:
+                found.append(f"{element} {ours[key_name]}: " + ", ".join(changed))
     return found
 
 
