@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 
 from cpflow.access import DEFAULT_PREFIX, principals
-from cpflow.kafka_local import LocalKafka, create_topics, write_private
-from cpflow.stack import service_ready, start_service, stop_service
+from cpflow.kafka_local import create_topics, write_private
+from cpflow.stack import local_kafka, start_service, stop_service, wait_until_ready
 from shared.identifiers import validate_identifier
 from shared.settings import SERVICE_NAMES, Settings
 from shared.topics import Topics
@@ -64,12 +63,6 @@ def sandbox_settings(settings: Settings, prefix: str) -> Settings:
     )
 
 
-def _kafka(settings: Settings) -> LocalKafka:
-    return LocalKafka(
-        settings.home, settings.kafka_port, settings.kafka_controller_port, settings.kafka_cache
-    )
-
-
 def sandbox_up(settings: Settings, prefix: str, timeout: float = 180.0) -> Settings:
     """Create the sandbox's topics and users and start its four services; its settings.
 
@@ -77,11 +70,11 @@ def sandbox_up(settings: Settings, prefix: str, timeout: float = 180.0) -> Setti
     user to create the sandbox's topics, users and ACLs.
     """
     sandbox = sandbox_settings(settings, prefix)
-    production = _kafka(settings)
+    production = local_kafka(settings)
     admin = production.credentials("admin")
     if admin is None:
         raise RuntimeError(f"no broker credentials in {production.credentials_dir}; is the stack up?")
-    kafka = _kafka(sandbox)
+    kafka = local_kafka(sandbox)
     write_private(kafka.credentials_dir / "admin.json", json.dumps(admin, indent=2) + "\n")
     sandbox.home.mkdir(parents=True, exist_ok=True)
     (sandbox.home / "ports.json").write_text(
@@ -91,16 +84,7 @@ def sandbox_up(settings: Settings, prefix: str, timeout: float = 180.0) -> Setti
     credentials = kafka.sync_access(principals(sandbox))
     for name in SERVICE_NAMES:
         start_service(sandbox, name, credentials[name])
-    deadline = time.monotonic() + timeout
-    waiting = set(SERVICE_NAMES)
-    while waiting and time.monotonic() < deadline:
-        waiting = {name for name in waiting if not service_ready(sandbox, name)}
-        if waiting:
-            time.sleep(0.5)
-    if waiting:
-        raise RuntimeError(
-            f"sandbox {prefix}: not ready within {timeout:.0f} s: {', '.join(sorted(waiting))}"
-        )
+    wait_until_ready(sandbox, timeout)
     return sandbox
 
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +27,14 @@ from shared.topics import Topics
 
 __all__ = [
     "ComponentStatus",
-    "service_ready",
+    "local_kafka",
     "stack_credentials",
     "stack_down",
     "stack_status",
     "stack_up",
     "start_service",
     "stop_service",
+    "wait_until_ready",
 ]
 
 
@@ -45,7 +47,8 @@ class ComponentStatus:
     detail: str
 
 
-def _kafka(settings: Settings) -> LocalKafka:
+def local_kafka(settings: Settings) -> LocalKafka:
+    """The local broker of ``settings``' stack (its state, credentials and pid under ``settings.home``)."""
     return LocalKafka(
         settings.home, settings.kafka_port, settings.kafka_controller_port, settings.kafka_cache
     )
@@ -70,11 +73,6 @@ def _readyz(settings: Settings, name: str, timeout: float = 5.0) -> tuple[bool, 
     except httpx.HTTPError as exc:
         return False, f"{url}: {type(exc).__name__}"
     return response.status_code == 200, response.text.strip()
-
-
-def service_ready(settings: Settings, name: str) -> bool:
-    """Whether service ``name`` of ``settings``' stack runs and answers ``/readyz`` with 200."""
-    return _read_pid(_pid_file(settings, name)) is not None and _readyz(settings, name)[0]
 
 
 def _service_env(settings: Settings, credentials: dict[str, str]) -> dict[str, str]:
@@ -137,7 +135,7 @@ def stack_up(settings: Settings | None = None, timeout: float = 180.0, echo: boo
         registry_db=settings.registry_db,
         seed=settings.butler_seed,
     )
-    kafka = _kafka(settings)
+    kafka = local_kafka(settings)
     say(f"kafka broker: starting on {kafka.bootstrap}")
     kafka.start()
     asyncio.run(
@@ -148,6 +146,13 @@ def stack_up(settings: Settings | None = None, timeout: float = 180.0, echo: boo
     for name in SERVICE_NAMES:
         pid = start_service(settings, name, credentials[name])
         say(f"{name}: pid {pid}, http://127.0.0.1:{settings.http_ports[name]}")
+    wait_until_ready(settings, timeout, say)
+
+
+def wait_until_ready(
+    settings: Settings, timeout: float, say: Callable[[str], None] = lambda text: None
+) -> None:
+    """Return once every service of ``settings``' stack answers ``/readyz``; raise if one exits or is late."""
     deadline = time.monotonic() + timeout
     waiting = set(SERVICE_NAMES)
     while waiting and time.monotonic() < deadline:
@@ -169,12 +174,12 @@ def stack_down(settings: Settings | None = None) -> None:
     settings = settings or Settings.from_env()
     for name in SERVICE_NAMES:
         stop_service(settings, name)
-    _kafka(settings).stop()
+    local_kafka(settings).stop()
 
 
 def stack_status(settings: Settings | None = None) -> list[ComponentStatus]:
     settings = settings or Settings.from_env()
-    kafka = _kafka(settings)
+    kafka = local_kafka(settings)
     kpid = kafka.pid()
     statuses = [
         ComponentStatus(
@@ -194,7 +199,7 @@ def stack_status(settings: Settings | None = None) -> list[ComponentStatus]:
 
 def stack_credentials(settings: Settings, role: str) -> dict[str, str]:
     """What a client needs to connect to the local broker as ``role`` (a service, operator, admin)."""
-    stored = _kafka(settings).credentials(role)
+    stored = local_kafka(settings).credentials(role)
     if stored is None:
         known = ", ".join([*sorted(p.name for p in principals(settings)), "admin"])
         raise KeyError(f"no credentials for {role!r} (is the stack up?); the roles are {known}")
