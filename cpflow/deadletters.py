@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cpflow.access import principals
-from cpflow.topics_reader import Connection, publish_raw, read_events
+from cpflow.topics_reader import Connection, publish_messages, read_events
 from shared.events import DeadLetter
 from shared.settings import Settings
 from shared.topics import Topics
@@ -148,8 +148,11 @@ async def redrive(connection: Connection, settings: Settings, letters: Sequence[
             )
         key = letter.key.encode() if letter.key is not None else None
         messages.append((letter, key, letter_payload(letter, settings)))
-    for letter, key, body in messages:
-        await publish_raw(
-            connection, letter.origin_topic, body, key, headers=[(REDRIVE_HEADER, letter.event_id.encode())]
-        )
+    await publish_messages(
+        connection,
+        [
+            (letter.origin_topic, body, key, [(REDRIVE_HEADER, letter.event_id.encode())])
+            for letter, key, body in messages
+        ],
+    )
     return [letter.event_id for letter, _, _ in messages]

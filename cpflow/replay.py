@@ -29,7 +29,7 @@ from lsst.daf.butler import Butler
 
 from cpflow.sandbox import sandbox_settings
 from cpflow.submission import new_run_id
-from cpflow.topics_reader import publish_event, read_events
+from cpflow.topics_reader import Message, publish_messages, read_events
 from shared.butler.repo import open_butler
 from shared.butler.runrecords import (
     expected_calib_types,
@@ -132,17 +132,17 @@ def replay_run(
     with open_butler(settings.butler_repo) as butler:
         config = _seed(butler, run_id, new_id, stage, prefix, certify)
     document = config.to_document() if stage == "acquire" else None
-    admin = connection_for(settings, "admin")
-    sent = 0
+    messages: list[Message] = []
     for event in events:
         if event.get("type") not in (None, topic):  # e.g. a cancellation on run.requested
             continue
         replayed = parse_event(topic, _json(_rewritten(event, new_id, document)))
         if replayed is None:
             raise ReplayError(f"run {run_id}: a {topic} event does not validate once rewritten")
-        asyncio.run(publish_event(admin, destination, replayed))
-        sent += 1
-    return new_id, sent
+        messages.append((destination, replayed.model_dump_json().encode(), new_id.encode(), None))
+    # Every event is checked before any is sent, and all go through one producer.
+    asyncio.run(publish_messages(connection_for(settings, "admin"), messages))
+    return new_id, len(messages)
 
 
 def _json(fields: dict[str, Any]) -> bytes:

@@ -20,7 +20,14 @@ from shared.events import FINAL_STATES, DeadLetter, Event, parse_event
 from shared.kafka_access import KafkaConnection
 from shared.topics import Topics
 
-__all__ = ["publish_event", "publish_raw", "read_events", "wait_for_final_status"]
+__all__ = [
+    "Message",
+    "publish_event",
+    "publish_messages",
+    "publish_raw",
+    "read_events",
+    "wait_for_final_status",
+]
 
 Connection = KafkaConnection | str
 """A connection, or bootstrap servers alone (a plaintext broker)."""
@@ -32,6 +39,21 @@ def _options(connection: Connection) -> dict[str, Any]:
     return connection.aiokafka_options()
 
 
+Message = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
+"""A message to publish: topic, value, key and headers."""
+
+
+async def publish_messages(connection: Connection, messages: Iterable[Message]) -> None:
+    """Publish ``messages`` in order with one producer."""
+    producer = AIOKafkaProducer(**_options(connection), enable_idempotence=True)
+    try:
+        await producer.start()
+        for topic, value, key, headers in messages:
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+
 async def publish_raw(
     connection: Connection,
     topic: str,
@@ -39,12 +61,7 @@ async def publish_raw(
     key: bytes | None,
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
-    producer = AIOKafkaProducer(**_options(connection), enable_idempotence=True)
-    try:
-        await producer.start()
-        await producer.send_and_wait(topic, value=value, key=key, headers=headers)
-    finally:
-        await producer.stop()
+    await publish_messages(connection, [(topic, value, key, headers)])
 
 
 async def publish_event(connection: Connection, topic: str, event: Event) -> None:
