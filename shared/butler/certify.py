@@ -94,15 +94,15 @@ def ensure_calibration_collection(
     ValueError
         If ``calib_collection`` is ``<INSTR>/calib`` itself.
     """
-    if calib_collection == calib_chain(instrument):
-        raise ValueError(f"the calibration collection cannot be the chain {calib_chain(instrument)!r} itself")
+    chain_name = calib_chain(instrument)
+    if calib_collection == chain_name:
+        raise ValueError(f"the calibration collection cannot be the chain {chain_name!r} itself")
     butler.collections.register(calib_collection, CollectionType.CALIBRATION)
     found = _collection_type(butler, calib_collection)
     if found is not CollectionType.CALIBRATION:
         raise TypeError(
             f"collection {calib_collection!r} exists as {found.name if found else None}, not CALIBRATION"
         )
-    chain_name = calib_chain(instrument)
     if not chain:
         return f"certified into {calib_collection} only (a replay never changes {chain_name})"
     butler.collections.register(chain_name, CollectionType.CHAINED, doc=MADE_BY_CPFLOW)
