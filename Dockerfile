@@ -3,7 +3,7 @@
 # Two stages: the project is installed into a virtualenv in the first, only the venv is copied
 # into the second. No Kafka jars (the broker is Strimzi's or the kafka image), no secrets (all
 # credentials come from the environment at run time), runs as an unprivileged user.
-FROM python:3.11-slim-bookworm AS build
+FROM python:3.12-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/cpflow
 WORKDIR /src
@@ -15,7 +15,7 @@ COPY cpflow ./cpflow
 RUN /opt/cpflow/bin/pip install ".[postgres]" \
     && /opt/cpflow/bin/python -m compileall -q /opt/cpflow/lib
 
-FROM python:3.11-slim-bookworm
+FROM python:3.12-slim-bookworm
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /scratch cpflow
 COPY --from=build /opt/cpflow /opt/cpflow
 ENV PATH=/opt/cpflow/bin:$PATH \

@@ -1,5 +1,6 @@
 # cpflow: the two commands are `make demo` and `make test`.
-PYTHON ?= python3.11
+# Python 3.12 (Rubin's environment): python3.12 on the PATH, else pyenv's 3.12 when it has one
+PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12; do $$p -c "import sys; assert sys.version_info[:2] == (3, 12)" 2>/dev/null && { echo $$p; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -7,7 +8,9 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup tools demo test lint typecheck asyncapi manifests stack-up stack-down clean
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 ($(PYTHON)) is required"; exit 1; }
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.12 (python3.12) is required"; exit 1; }
+	@test ! -x $(BIN)/python || $(BIN)/python -c "import sys; assert sys.version_info[:2] == (3, 12)" 2>/dev/null \
+	  || { echo "replacing $(VENV): it is not Python 3.12"; rm -rf $(VENV); }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"

@@ -111,6 +111,6 @@ def retrying(
     )
 
 
-def call_with_retries(attempts: int, func: Callable[..., R], *args: object, **kwargs: object) -> R:
+def call_with_retries[R](attempts: int, func: Callable[..., R], *args: object, **kwargs: object) -> R:
     """``func(*args, **kwargs)`` under `retrying` (for callers outside a service, such as the CLI)."""
     return retrying(attempts)(func, *args, **kwargs)

@@ -83,7 +83,7 @@ def _collection(instrument: str, run_id: str, type_name: str | None) -> str:
     )
 
 
-def read_record(
+def read_record[R: BaseModel](
     butler: Butler, model: type[R], instrument: str, run_id: str, type_name: str | None
 ) -> R | None:
     """The ``model`` record of one calibration (or image) type of a run (`None`: of the run), or `None`."""
@@ -93,7 +93,7 @@ def read_record(
     return None if ref is None else model.model_validate(butler.get(ref))
 
 
-def wait_for_record(
+def wait_for_record[R: BaseModel](
     butler: Butler,
     model: type[R],
     instrument: str,
