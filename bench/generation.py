@@ -286,6 +286,7 @@ def print_tables(
             spent, calls = breakdown[b]
             cells.append(f"{spent[label]:9.2f} ({calls[label]:3d})" if label in spent else f"{'-':>16s}")
         print(f"{'  ' * depth + label:52s}" + "".join(f"{c:>16s}" for c in cells))
+    print_per_frame(breakdown)
     top = [label for label, depth, _o, _n in WRAPPED if depth == 0]
     cells = []
     for b in builds:
@@ -295,6 +296,32 @@ def print_tables(
             rest += spent.get(CLIPPED_STATS, 0.0)
         cells.append(f"{rest:9.2f}      ")
     print(f"{'other (registry queries, glue)':52s}" + "".join(f"{c:>16s}" for c in cells))
+
+
+READ = "RawFitsFormatter read (astropy.io.fits)"
+ISR = "run_isr (shared.isr)"
+PER_FRAME = [("read+decompress", READ), ("butler.get raw", "load_raw (butler.get raw)"), ("ISR", ISR)]
+
+
+def print_per_frame(breakdown: dict[str, tuple[dict[str, float], dict[str, int]]]) -> None:
+    """Seconds per raw frame of reading (the floor), ISR and cosmic-ray masking; ratio ISR / read."""
+    print("\n== per raw frame (wall seconds per call) ==")
+    print(
+        f"{'build':8s}{'frames':>8s}"
+        + "".join(f"{h:>18s}" for h, _ in PER_FRAME)
+        + f"{'CR mask':>10s}{'ISR/read':>10s}"
+    )
+    for build, (spent, calls) in breakdown.items():
+        per = {h: spent[label] / calls[label] for h, label in PER_FRAME if calls.get(label)}
+        cr = spent[MASK_CR] / calls[MASK_CR] if calls.get(MASK_CR) else None
+        ratio = per["ISR"] / per["read+decompress"] if {"ISR", "read+decompress"} <= per.keys() else None
+        print(
+            f"{build:8s}{calls.get(READ, 0):8d}"
+            + "".join(f"{per[h]:18.3f}" if h in per else f"{'-':>18s}" for h, _ in PER_FRAME)
+            + (f"{cr:10.3f}" if cr is not None else f"{'-':>10s}")
+            + (f"{ratio:10.2f}" if ratio is not None else f"{'-':>10s}")
+        )
+    print("goal of issue 10: ISR / read <= 2 (read = decompressing one raw, the floor)")
 
 
 def main(argv: list[str] | None = None) -> None:

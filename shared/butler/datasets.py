@@ -22,6 +22,7 @@ __all__ = [
     "PTC",
     "RAW",
     "RAW_STORAGE_CLASS",
+    "RESULTS_STORAGE_CLASS",
     "RUN_ACCEPTED",
     "RUN_CANCELLED",
     "RUN_CONFIG",
@@ -43,6 +44,9 @@ RAW_STORAGE_CLASS = "CpflowRawImage"
 CALIB_STORAGE_CLASS = "CpflowCalibImage"
 TABLE_STORAGE_CLASS = "CpflowTable"
 STRUCTURED_STORAGE_CLASS = "StructuredDataDict"
+RESULTS_STORAGE_CLASS = "ArrowAstropy"
+"""Rubin's storage class of cp_verify's results tables (`astropy.table.Table` in Parquet, daf_butler's own
+formatter): the one product whose Rubin storage class a PyPI-only install can use as it is."""
 
 RAW = "raw"
 BIAS = "bias"
@@ -152,7 +156,7 @@ def dataset_types(universe: DimensionUniverse) -> list[DatasetType]:
             )
         )
         result.append(make(verify_stats(calib_type), ("instrument",), STRUCTURED_STORAGE_CLASS))
-        result.append(make(verify_results(calib_type), ("instrument",), TABLE_STORAGE_CLASS))
+        result.append(make(verify_results(calib_type), ("instrument",), RESULTS_STORAGE_CLASS))
     for name in (
         RUN_CONFIG,
         RUN_ACCEPTED,
