@@ -286,7 +286,6 @@ def print_tables(
             spent, calls = breakdown[b]
             cells.append(f"{spent[label]:9.2f} ({calls[label]:3d})" if label in spent else f"{'-':>16s}")
         print(f"{'  ' * depth + label:52s}" + "".join(f"{c:>16s}" for c in cells))
-    print_per_frame(breakdown)
     top = [label for label, depth, _o, _n in WRAPPED if depth == 0]
     cells = []
     for b in builds:
@@ -296,6 +295,7 @@ def print_tables(
             rest += spent.get(CLIPPED_STATS, 0.0)
         cells.append(f"{rest:9.2f}      ")
     print(f"{'other (registry queries, glue)':52s}" + "".join(f"{c:>16s}" for c in cells))
+    print_per_frame(breakdown)
 
 
 READ = "RawFitsFormatter read (astropy.io.fits)"
