@@ -400,10 +400,10 @@ def fig_ptc(table: Table, detector: int) -> Figure:
     fig = Figure(figsize=(3.0 * cols, 2.4 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, row in zip(axes, table, strict=False):
-        means = np.asarray(row["raw_means"], dtype=float)
-        variances = np.asarray(row["raw_vars"], dtype=float)
-        used = np.asarray(row["exp_id_mask"], dtype=bool)
-        model = np.asarray(row["model_vars"], dtype=float)
+        means = np.asarray(row["RAW_MEANS"], dtype=float)
+        variances = np.asarray(row["RAW_VARS"], dtype=float)
+        used = np.asarray(row["EXP_ID_MASK"], dtype=bool)
+        model = np.asarray(row["FINAL_MODEL_VARS"], dtype=float)
         finite = np.isfinite(means) & np.isfinite(variances)
         ax.scatter(means[finite & used], variances[finite & used], s=12, color=_PASS, label="used", zorder=3)
         rejected = finite & ~used
@@ -413,11 +413,12 @@ def fig_ptc(table: Table, detector: int) -> Figure:
         if fitted.any():
             order = np.argsort(means[fitted])
             ax.plot(means[fitted][order], model[fitted][order], color="black", lw=1, label="fit")
-        turnoff = float(row["turnoff"])
+        turnoff = float(row["PTC_TURNOFF"])
         if math.isfinite(turnoff):
             ax.axvline(turnoff, color=_LIMIT, ls="--", lw=1, label="turnoff")
         ax.set_title(
-            f"{row['amp_name']}: gain {float(row['gain']):.3f} e⁻/ADU, noise {float(row['noise']):.2f} e⁻",
+            f"{row['AMPLIFIER_NAME']}: gain {float(row['GAIN']):.3f} e⁻/ADU, "
+            f"noise {float(row['NOISE']):.2f} e⁻",
             fontsize=8,
         )
         ax.set_xlabel("mean (ADU)", fontsize=7)
@@ -723,13 +724,17 @@ def _type_section(data: ReportData, t: TypeData) -> str:
                     ],
                     [
                         [
-                            row["amp_name"],
-                            _fmt(float(row["gain"])),
-                            _fmt(float(row["noise"])),
-                            _fmt(float(row["a00"])),
-                            _fmt(float(row["turnoff"])),
-                            _fmt(float(row["turnoff_e"])),
-                            int(row["n_used"]),
+                            row["AMPLIFIER_NAME"],
+                            _fmt(float(row["GAIN"])),
+                            _fmt(float(row["NOISE"])),
+                            _fmt(
+                                float(row["PTC_FIT_PARS"][0])
+                                if row["PTC_FIT_TYPE"] == "EXPAPPROXIMATION"
+                                else float(np.asarray(row["A_MATRIX"])[0])
+                            ),
+                            _fmt(float(row["PTC_TURNOFF"])),
+                            _fmt(float(row["PTC_TURNOFF"]) * float(row["GAIN"])),
+                            int(np.sum(row["EXP_ID_MASK"])),
                         ]
                         for row in table
                     ],

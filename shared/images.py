@@ -20,20 +20,47 @@ __all__ = ["CalibImage", "MaskPlane", "RawDetectorImage"]
 
 
 class MaskPlane(IntFlag):
-    """Mask bits of `CalibImage.mask` (names as in the LSST pipelines)."""
+    """Mask bits of `CalibImage.mask`: afw's default planes, with afw's names and bit numbers.
 
-    BAD = 1
-    SAT = 2
-    CR = 4
-    NO_DATA = 8
-    SUSPECT = 16
-    DETECTED = 32
-    INTRP = 64
+    afw's ``MaskDict`` starts every mask with these planes in this order (bit 0 = BAD, ...), so a
+    mask cpflow writes needs no remapping in Rubin's software; readers remap by name anyway.
+    """
+
+    BAD = 1 << 0
+    SAT = 1 << 1
+    INTRP = 1 << 2
+    CR = 1 << 3
+    EDGE = 1 << 4
+    DETECTED = 1 << 5
+    DETECTED_NEGATIVE = 1 << 6
+    SUSPECT = 1 << 7
+    NO_DATA = 1 << 8
 
     @classmethod
     def header_cards(cls) -> list[tuple[str, int, str]]:
-        """FITS cards that document the mask bits (``MP_<NAME> = bit``)."""
+        """FITS cards that name the mask bits as afw writes them (``MP_<NAME> = bit``)."""
         return [(f"MP_{m.name}", int(m).bit_length() - 1, f"mask bit of {m.name}") for m in cls]
+
+    @classmethod
+    def conform(cls, mask: np.ndarray, header: fits.Header) -> np.ndarray:
+        """``mask`` with the bits its ``MP_`` cards name moved to this class's bits (afw's rule).
+
+        Planes this class does not know are dropped; a header without ``MP_`` cards is taken as
+        written with this class's bits.
+        """
+        declared = {
+            str(key)[3:]: int(value)
+            for key, value in header.items()
+            if str(key).startswith("MP_") and isinstance(value, int)
+        }
+        ours = {m.name: int(m).bit_length() - 1 for m in cls}
+        if all(ours.get(name) == bit for name, bit in declared.items()):
+            return mask
+        out = np.zeros_like(mask)
+        for name, bit in declared.items():
+            if name in cls.__members__:
+                out[(mask & (1 << bit)) != 0] |= int(cls[name])
+        return out
 
 
 @dataclass
@@ -113,19 +140,59 @@ class CalibImage:
         )
 
     def to_hdulist(self) -> fits.HDUList:
-        primary = fits.PrimaryHDU(header=self.header)
-        image = fits.ImageHDU(data=self.image.astype(np.float32, copy=False), name="IMAGE")
-        mask_hdu = fits.ImageHDU(data=self.mask.astype(np.int32, copy=False), name="MASK")
-        for key, bit, comment in MaskPlane.header_cards():
-            mask_hdu.header[key] = (bit, comment)
-        variance = fits.ImageHDU(data=self.variance.astype(np.float32, copy=False), name="VARIANCE")
-        return fits.HDUList([primary, image, mask_hdu, variance])
+        """The image in afw's ``MaskedImage``/``Exposure`` FITS layout (rubin_formats.md §6).
+
+        An empty primary HDU holds the metadata (afw takes it from there because each pixel HDU
+        says ``INHERIT = T``); IMAGE, MASK and VARIANCE follow, each with ``EXTTYPE = EXTNAME``,
+        the pixel origin as ``LTV1``/``LTV2`` and as the linear "A" WCS, and ``MP_`` cards on the
+        mask. ``BUNIT`` moves from the metadata to IMAGE (unit) and VARIANCE (unit squared).
+        """
+        metadata = self.header.copy()
+        unit = str(metadata.pop("BUNIT", "") or "")
+        for key in ("EXTNAME", "EXTTYPE", "INHERIT"):
+            metadata.remove(key, ignore_missing=True, remove_all=True)
+        primary = fits.PrimaryHDU(header=metadata)
+        planes = (
+            ("IMAGE", self.image.astype(np.float32, copy=False), unit),
+            ("MASK", self.mask.astype(np.int32, copy=False), ""),
+            ("VARIANCE", self.variance.astype(np.float32, copy=False), f"{unit}**2" if unit else ""),
+        )
+        hdus: list[fits.hdu.base.ExtensionHDU] = []
+        for name, data, plane_unit in planes:
+            hdu = fits.ImageHDU(data=data, name=name)
+            _pixel_hdu_cards(hdu.header, name, plane_unit)
+            if name == "MASK":
+                for key, bit, comment in MaskPlane.header_cards():
+                    hdu.header[key] = (bit, comment)
+            hdus.append(hdu)
+        return fits.HDUList([primary, *hdus])
 
     @classmethod
     def from_hdulist(cls, hdul: fits.HDUList) -> CalibImage:
+        """Read the layout `to_hdulist` writes (and cpflow's earlier one: no INHERIT, own mask bits)."""
+        header = hdul[0].header.copy()
+        unit = hdul["IMAGE"].header.get("BUNIT")
+        if unit and "BUNIT" not in header:
+            header["BUNIT"] = unit
+        mask_hdu = hdul["MASK"]
         return cls(
             image=np.asarray(hdul["IMAGE"].data, dtype=np.float32),
-            mask=np.asarray(hdul["MASK"].data, dtype=np.int32),
+            mask=MaskPlane.conform(np.asarray(mask_hdu.data, dtype=np.int32), mask_hdu.header),
             variance=np.asarray(hdul["VARIANCE"].data, dtype=np.float32),
-            header=hdul[0].header.copy(),
+            header=header,
         )
+
+
+def _pixel_hdu_cards(header: fits.Header, name: str, unit: str, x0: int = 0, y0: int = 0) -> None:
+    """The cards afw writes on a pixel HDU: type, inheritance, origin (ds9's LTV and the "A" WCS), unit."""
+    header["EXTTYPE"] = (name, "afw image plane")
+    header["INHERIT"] = (True, "metadata are in the primary HDU")
+    header["LTV1"] = (-x0, "pixel origin: -x0")
+    header["LTV2"] = (-y0, "pixel origin: -y0")
+    for axis, origin in ((1, x0), (2, y0)):
+        header[f"CTYPE{axis}A"] = ("LINEAR", "xy0 offset WCS")
+        header[f"CRPIX{axis}A"] = 1.0
+        header[f"CRVAL{axis}A"] = float(origin)
+        header[f"CUNIT{axis}A"] = "PIXEL"
+    if unit:
+        header["BUNIT"] = unit

@@ -291,7 +291,11 @@ def provenance_header(inputs: Sequence[Mapping], calib_type: str, n_combined: in
     header = fits.Header()
     header["OBSTYPE"] = (calib_type.upper(), "calibration type")
     header["NCOMBINE"] = (int(n_combined), "number of inputs combined")
-    header["HIERARCH CALIB_CREATION_DATETIME"] = datetime.now(UTC).isoformat(timespec="seconds")
+    created = datetime.now(UTC)
+    header["HIERARCH CALIB_CREATION_DATETIME"] = created.isoformat(timespec="seconds")
+    # ip_isr's provenance cards (read by IsrTaskLSST; "Unknown" without them).
+    header["HIERARCH CALIB_CREATION_DATE"] = created.strftime("%Y-%m-%d")
+    header["HIERARCH CALIB_CREATION_TIME"] = created.strftime("%H:%M:%S")
     for i, item in enumerate(inputs):
         header[f"HIERARCH CPP_INPUT_{i}"] = int(item["exposure"])
         header[f"HIERARCH CPP_INPUT_DATE_{i}"] = str(item["date"])

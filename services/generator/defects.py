@@ -193,7 +193,7 @@ class DefectResult:
             names=("x0", "y0", "width", "height"),
             dtype=(np.int64, np.int64, np.int64, np.int64),
         )
-        table.meta["OBSTYPE"] = "defects"
+        table.meta["OBSTYPE"] = "defects"  # ip_isr's; the other IsrCalib keys: shared.isrcalib
         table.meta["LSST CALIB DEFECTS N_BAD_COLUMNS"] = int(sum(self.n_bad_columns.values()))
         for amp in sorted(set(self.n_hot) | set(self.n_cold) | set(self.n_bad_columns)):
             table.meta[f"LSST CALIB DEFECTS {amp} N_HOT"] = int(self.n_hot.get(amp, 0))

@@ -26,6 +26,7 @@ from services.generator.combine import (
 )
 from services.generator.defects import find_defects
 from services.generator.ptc import extract_pair, gain_from_flat_pairs, pair_exposures, ptc_table, solve_ptc
+from shared import isrcalib
 from shared.butler import datasets
 from shared.butler.calibrations import CalibrationCache, load_calibration
 from shared.butler.collections import type_collection
@@ -34,6 +35,7 @@ from shared.cosmic_rays import TooManyCosmicRays, find_and_repair
 from shared.images import CalibImage, MaskPlane, RawDetectorImage
 from shared.instruments import Detector, Instrument
 from shared.isr import IsrConfig, run_isr
+from shared.isrcalib import isrcalib_metadata
 from shared.records import CalibSource
 from shared.runconfig import RunConfiguration
 from shared.settings import load_settings
@@ -76,6 +78,8 @@ def _calib_header(
         "CPFRUNID": request.run_id,
         "FILTER": request.physical_filter,
         "DARKTIME": 1.0 if calib_type == "dark" else 0.0,
+        # ip_isr compares this with its own units (adu or electron); a flat is a relative response.
+        **({"HIERARCH LSST ISR UNITS": "electron"} if calib_type in ("bias", "dark") else {}),
         "EXPTIME": 0.0 if calib_type == "bias" else 1.0,
     }
 
@@ -423,9 +427,8 @@ def build_defects(butler: Butler, request: BuildRequest) -> BuildResult:
         amp_boxes = {a.name: a.detector_slice for a in geometry.amplifiers}
         defects = find_defects(dark=dark, flat=flat, amp_boxes=amp_boxes)
         table = defects.to_table()
-        table.meta.update(
-            {"INSTRUME": name, "DETECTOR": detector_id, "DETNAME": geometry.name, "CPFRUNID": request.run_id}
-        )
+        table.meta.update(isrcalib_metadata(isrcalib.DEFECTS, name, geometry))
+        table.meta["CPFRUNID"] = request.run_id
         ref = butler.put(table, datasets.DEFECTS, instrument=name, detector=detector_id, run=collection)
         result.dataset_ids[detector_id] = str(ref.id)
         result.products[str(detector_id)] = {"n_boxes": len(defects.boxes)}
@@ -499,9 +502,8 @@ def build_ptc(butler: Butler, request: BuildRequest) -> BuildResult:
         measurements, geometry = _ptc_measurements(butler, request, detector_id)
         solved = solve_ptc(measurements, fit_type=request.config.ptc_fit_type)
         table = ptc_table(solved, measurements)
-        table.meta.update(
-            {"INSTRUME": name, "DETECTOR": detector_id, "DETNAME": geometry.name, "CPFRUNID": request.run_id}
-        )
+        table.meta.update(isrcalib_metadata(isrcalib.PTC, name, geometry))
+        table.meta["CPFRUNID"] = request.run_id
         ref = butler.put(table, datasets.PTC, instrument=name, detector=detector_id, run=collection)
         result.dataset_ids[detector_id] = str(ref.id)
         result.products[str(detector_id)] = {

@@ -983,80 +983,135 @@ def gain_from_flat_pairs(
     return gains
 
 
-def ptc_table(result: Mapping[str, AmpPtc], measurements: Mapping[str, Sequence[PairMeasurement]]) -> Table:
-    """PTC dataset as an astropy table: one row per amplifier (sorted by name).
+PTC_SCALAR_NAN = (
+    "OVERSCAN_MEDIAN",
+    "OVERSCAN_MEDIAN_SIGMA",
+    "PTC_ROLLOFF",
+    "PTC_ROLLOFF_ERROR",
+    "PTC_ROLLOFF_TAU",
+    "PTC_ROLLOFF_TAU_ERROR",
+)
+"""ip_isr PTC columns (one value per amplifier) that cpflow does not measure: NaN."""
+PTC_PER_PAIR_NAN = (
+    "INPUT_EXP_PAIR_MJD_START",
+    "GAIN_LIST",
+    "OVERSCAN_MEDIAN_LIST",
+    "NOISE_LIST",
+    "HIST_VARS",
+    "HIST_CHI2_DOFS",
+    "KS_PVALUES",
+    "PHOTO_CHARGE",
+    "PHOTO_CHARGE_DELTAS",
+    "AMP_OFFSETS",
+)
+"""ip_isr PTC columns (one value per flat pair) that cpflow does not measure: NaN."""
 
-    Scalar columns: ``amp_name, ptc_fit_type, gain, gain_err, noise, noise_err, a00, a00_err,
-    turnoff, turnoff_e, turnoff_sampling_error, n_used, bad``. Array columns (padded to the
-    largest number of pairs with NaN, −1 or False): ``input_exp_id_pairs`` (N×2), ``exp_times``,
-    ``raw_means``, ``raw_vars``, ``exp_id_mask``, ``model_vars``, ``n_pixels``; and for the full
-    covariance fits ``a_matrix``, ``b_matrix``, ``noise_matrix`` (r×r). ``meta`` holds
-    ``OBSTYPE='ptc'`` and ``PTC_FIT_TYPE``.
+
+def ptc_table(result: Mapping[str, AmpPtc], measurements: Mapping[str, Sequence[PairMeasurement]]) -> Table:
+    """PTC dataset as ip_isr's ``PhotonTransferCurveDataset`` table: one row per amplifier (by name).
+
+    The columns are those of ip_isr's PTC schema version 2.6 (rubin_formats.md §7.3), upper-case:
+    per amplifier ``AMPLIFIER_NAME, PTC_FIT_TYPE, GAIN, GAIN_ERR, GAIN_UNADJUSTED, NOISE, NOISE_ERR``
+    (e⁻), ``PTC_FIT_PARS``/``PTC_FIT_PARS_ERROR`` (EXPAPPROXIMATION ``a00, gain, n00``),
+    ``PTC_FIT_CHI_SQ, PTC_TURNOFF`` (ADU), ``PTC_TURNOFF_SAMPLING_ERROR``, ``COV_MATRIX_SIDE``,
+    ``COV_MATRIX_SIDE_FULL_COV_FIT``, ``A_MATRIX, B_MATRIX, NOISE_MATRIX`` (F×F raveled; NaN
+    without a full-covariance fit), ``BAD_AMPS``; per flat pair (N, padded to the most pairs)
+    ``INPUT_EXP_ID_PAIRS`` (N×2, −1 padded), ``EXP_ID_MASK``, ``EXP_ID_ROLLOFF_MASK``,
+    ``RAW_EXP_TIMES, RAW_MEANS, RAW_VARS, RAW_DELTAS, ROW_MEAN_VARIANCE`` (ADU, ADU²),
+    ``FINAL_MEANS, FINAL_VARS, FINAL_MODEL_VARS`` (NaN where the pair is not used),
+    ``COVARIANCES, COVARIANCES_SQRT_WEIGHTS, COVARIANCES_MODEL`` (N×S×S raveled),
+    ``NPIXEL_COVARIANCES`` (N×S×S). Columns cpflow does not measure (`PTC_SCALAR_NAN`,
+    `PTC_PER_PAIR_NAN`) are NaN, as ip_isr fills what it has not measured. ``meta`` holds the
+    IsrCalib keys ``OBSTYPE='PTC'``, ``PTC_SCHEMA``, ``PTC_VERSION`` (the rest is added where the
+    detector is known, `shared.isrcalib.isrcalib_metadata`).
     """
     names = sorted(result)
     missing = [n for n in names if n not in measurements]
     if missing:
         raise KeyError(f"no measurements for amplifiers {missing}")
     n_max = max((len(measurements[n]) for n in names), default=0)
+    sides = {m.covariances.shape[0] for n in names for m in measurements[n] if m.covariances.ndim == 2}
+    side = max(sides, default=1)
+    fits_full = [result[n].full_covariance for n in names]
+    full_side = next((f.a_matrix.shape[0] for f in fits_full if f is not None), side)
+    bad_amps = [n for n in names if result[n].bad]
 
     def padded(values: Sequence[float] | np.ndarray, fill: float | bool, dtype: type) -> np.ndarray:
         out: np.ndarray = np.full(n_max, fill, dtype=dtype)
         out[: len(values)] = values
         return out
 
-    rows: dict[str, list[object]] = {
-        key: []
-        for key in (
-            "amp_name",
-            "ptc_fit_type",
-            "gain",
-            "gain_err",
-            "noise",
-            "noise_err",
-            "a00",
-            "a00_err",
-            "turnoff",
-            "turnoff_e",
-            "turnoff_sampling_error",
-            "n_used",
-            "bad",
-            "input_exp_id_pairs",
-            "exp_times",
-            "raw_means",
-            "raw_vars",
-            "exp_id_mask",
-            "model_vars",
-            "n_pixels",
-        )
-    }
+    def lagged(arrays: Sequence[np.ndarray], size: int, fill: float, dtype: type) -> np.ndarray:
+        out: np.ndarray = np.full((n_max, size, size), fill, dtype=dtype)
+        for k, a in enumerate(arrays):
+            n = min(size, a.shape[0]) if a.ndim == 2 else 0
+            out[k, :n, :n] = a[:n, :n]
+        return out.ravel()
+
+    def square(matrix: np.ndarray | None) -> np.ndarray:
+        out: np.ndarray = np.full((full_side, full_side), np.nan)
+        if matrix is not None:
+            out[: matrix.shape[0], : matrix.shape[1]] = matrix
+        return out.ravel()
+
+    rows: dict[str, list[object]] = {}
+
+    def add(key: str, value: object) -> None:
+        rows.setdefault(key, []).append(value)
+
     for name in names:
         amp = result[name]
         pairs = measurements[name]
-        for key in ("gain", "gain_err", "noise", "noise_err", "a00", "a00_err", "turnoff", "turnoff_e"):
-            rows[key].append(float(getattr(amp, key)))
-        rows["amp_name"].append(name)
-        rows["ptc_fit_type"].append(amp.fit_type)
-        rows["turnoff_sampling_error"].append(amp.turnoff_sampling_error)
-        rows["n_used"].append(amp.n_used)
-        rows["bad"].append(amp.bad)
+        used = padded(amp.mask, False, np.bool_)
+        means = padded([p.mean for p in pairs], np.nan, np.float64)
+        variances = padded([p.variance for p in pairs], np.nan, np.float64)
+        model = padded(amp.model_variances, np.nan, np.float64)
         ids = np.full((n_max, 2), -1, dtype=np.int64)
         if pairs:
             ids[: len(pairs)] = [p.exposure_ids for p in pairs]
-        rows["input_exp_id_pairs"].append(ids)
-        rows["exp_times"].append(padded([p.exposure_time for p in pairs], np.nan, np.float64))
-        rows["raw_means"].append(padded([p.mean for p in pairs], np.nan, np.float64))
-        rows["raw_vars"].append(padded([p.variance for p in pairs], np.nan, np.float64))
-        rows["exp_id_mask"].append(padded(amp.mask, False, np.bool_))
-        rows["model_vars"].append(padded(amp.model_variances, np.nan, np.float64))
-        rows["n_pixels"].append(padded([p.n_pixels for p in pairs], -1, np.int64))
-    table = Table({key: np.asarray(values) if values else [] for key, values in rows.items()})
-    fits_full = [result[n].full_covariance for n in names]
-    if names and all(f is not None for f in fits_full):
-        shapes = {f.a_matrix.shape for f in fits_full if f is not None}
-        if len(shapes) == 1:
-            for key in ("a_matrix", "b_matrix", "noise_matrix"):
-                table[key] = np.stack([getattr(f, key) for f in fits_full])
-    fit_types = sorted({result[n].fit_type for n in names})
-    table.meta["OBSTYPE"] = "ptc"
-    table.meta["PTC_FIT_TYPE"] = fit_types[0] if len(fit_types) == 1 else ",".join(fit_types)
+        full = amp.full_covariance
+        add("AMPLIFIER_NAME", name)
+        add("PTC_FIT_TYPE", amp.fit_type)
+        add("COV_MATRIX_SIDE", side)
+        add("COV_MATRIX_SIDE_FULL_COV_FIT", full_side)
+        add("INPUT_EXP_ID_PAIRS", ids)
+        add("EXP_ID_MASK", used)
+        add("EXP_ID_ROLLOFF_MASK", used.copy())
+        add("RAW_EXP_TIMES", padded([p.exposure_time for p in pairs], np.nan, np.float64))
+        add("RAW_MEANS", means)
+        add("RAW_VARS", variances)
+        add("RAW_DELTAS", padded([p.mean1 - p.mean2 for p in pairs], np.nan, np.float64))
+        add("ROW_MEAN_VARIANCE", padded([p.row_mean_variance for p in pairs], np.nan, np.float64))
+        add("GAIN", float(amp.gain))
+        add("GAIN_ERR", float(amp.gain_err))
+        add("GAIN_UNADJUSTED", float(amp.gain))
+        add("NOISE", float(amp.noise))
+        add("NOISE_ERR", float(amp.noise_err))
+        for key in PTC_PER_PAIR_NAN:
+            add(key, np.full(n_max, np.nan))
+        for key in PTC_SCALAR_NAN:
+            add(key, math.nan)
+        add("PTC_FIT_PARS", np.asarray(amp.fit_pars, dtype=np.float64))
+        add("PTC_FIT_PARS_ERROR", np.asarray(amp.fit_pars_err, dtype=np.float64))
+        add("PTC_FIT_CHI_SQ", float(amp.chi2_red))
+        add("PTC_TURNOFF", float(amp.turnoff))
+        add("PTC_TURNOFF_SAMPLING_ERROR", float(amp.turnoff_sampling_error))
+        add("A_MATRIX", square(full.a_matrix if full is not None else None))
+        add("B_MATRIX", square(full.b_matrix if full is not None else None))
+        add("NOISE_MATRIX", square(full.noise_matrix if full is not None else None))
+        add("BAD_AMPS", np.asarray(bad_amps or [""], dtype=str))
+        add(
+            "NPIXEL_COVARIANCES",
+            lagged([np.full((side, side), p.n_pixels) for p in pairs], side, -1, np.int64),
+        )
+        add("COVARIANCES", lagged([p.covariances for p in pairs], side, np.nan, np.float64))
+        add("COVARIANCES_SQRT_WEIGHTS", lagged([p.cov_weights for p in pairs], side, np.nan, np.float64))
+        add("COVARIANCES_MODEL", np.full(n_max * full_side * full_side, np.nan))
+        add("FINAL_VARS", np.where(used, variances, np.nan))
+        add("FINAL_MODEL_VARS", np.where(used, model, np.nan))
+        add("FINAL_MEANS", np.where(used, means, np.nan))
+    table = Table({key: np.asarray(values) for key, values in rows.items()}) if rows else Table()
+    table.meta["OBSTYPE"] = "PTC"
+    table.meta["PTC_SCHEMA"] = "Gen3 Photon Transfer Curve"
+    table.meta["PTC_VERSION"] = 2.6
     return table

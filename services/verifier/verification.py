@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from astropy.table import Table
 from lsst.daf.butler import Butler, DatasetNotFoundError
 
@@ -130,17 +131,21 @@ PTC_NOISE_MAX_RELATIVE_ERROR = 0.1
 def usable_ptc_noise(table: Table) -> dict[str, float]:
     """Per-amplifier read noise (e⁻) of a PTC table that the NOISE tests can rely on.
 
-    Amplifiers whose fit is bad, whose noise is not finite, or whose noise is poorly constrained
-    (``noise_err / noise`` above `PTC_NOISE_MAX_RELATIVE_ERROR`, e.g. no pair at low signal) are
-    left out: cp_verify would compare with such a value; cpflow falls back to the nominal instead.
+    The table has ip_isr's PTC columns (`services.generator.ptc.ptc_table`). Amplifiers listed in
+    ``BAD_AMPS``, whose noise is not finite, or whose noise is poorly constrained (``NOISE_ERR /
+    NOISE`` above `PTC_NOISE_MAX_RELATIVE_ERROR`, e.g. no pair at low signal) are left out:
+    cp_verify would compare with such a value; cpflow falls back to the nominal instead.
     """
     noise: dict[str, float] = {}
     for row in table:
-        value, error = float(row["noise"]), float(row["noise_err"])
-        if bool(row["bad"]) or not (math.isfinite(value) and value > 0 and math.isfinite(error)):
+        name = str(row["AMPLIFIER_NAME"])
+        value, error = float(row["NOISE"]), float(row["NOISE_ERR"])
+        if name in {str(b) for b in np.atleast_1d(row["BAD_AMPS"])}:
+            continue
+        if not (math.isfinite(value) and value > 0 and math.isfinite(error)):
             continue
         if error <= PTC_NOISE_MAX_RELATIVE_ERROR * value:
-            noise[str(row["amp_name"])] = value
+            noise[name] = value
     return noise
 
 

@@ -171,7 +171,10 @@ class TableFitsFormatter(_FitsFormatter):
             Local (temporary) file to write.
         """
         self._check_type(in_memory_dataset, astropy.table.Table)
-        table_hdu = fits.table_to_hdu(in_memory_dataset)
+        with warnings.catch_warnings():
+            # ip_isr's metadata keys (CALIB_CREATION_DATE, PTC_VERSION, ...) are HIERARCH cards.
+            warnings.filterwarnings("ignore", message="Keyword name .* HIERARCH card", category=VerifyWarning)
+            table_hdu = fits.table_to_hdu(in_memory_dataset)
         if "EXTNAME" not in table_hdu.header:
             table_hdu.header["EXTNAME"] = "TABLE"
         fits.HDUList([fits.PrimaryHDU(), table_hdu]).writeto(uri.ospath, overwrite=True)

@@ -20,6 +20,7 @@ from lsst.daf.butler import Timespan
 
 from services.verifier.verification import usable_ptc_noise
 from shared.butler.repo import open_butler
+from shared.images import MaskPlane
 from shared.instruments import get_instrument
 from shared.settings import Settings
 from shared.topics import Topics
@@ -134,6 +135,61 @@ def test_bias_dark_flat_run_certifies_every_product(stack: Settings, full_run: t
     assert abs(float(np.nanmedian(flat.image)) - 1.0) < 0.05
     defects = certified(stack, "defects", "LATISS/calib")
     assert set(defects.colnames) >= {"x0", "y0", "width", "height"}
+
+
+def test_certified_products_are_read_by_rubins_reader_and_match_their_schemas(
+    stack: Settings, full_run: tuple[str, dict]
+) -> None:
+    """lsst-images reads the certified bias, dark and flat files; defects and PTC are IsrCalib tables."""
+    import lsst.images
+    from astropy.io import fits
+
+    from tests.unit.test_product_files import ISRCALIB_KEYS, LSST_IMAGES_NAME, PTC_COLUMNS
+
+    butler = open_butler(stack.butler_repo, writeable=False)
+    moment = Time("2027-03-01T00:00:00", scale="tai")
+    timespan = Timespan(moment, moment + TimeDelta(1, format="sec"))
+    for calib_type, data_id in (("bias", {}), ("dark", {}), ("flat", {"physical_filter": "empty~empty"})):
+        ref = butler.find_dataset(
+            calib_type,
+            instrument="LATISS",
+            detector=0,
+            collections="LATISS/calib",
+            timespan=timespan,
+            **data_id,
+        )
+        assert ref is not None, calib_type
+        ours = butler.get(ref)
+        path = butler.getURI(ref).ospath
+        legacy = lsst.images.MaskedImage.read_legacy(path)
+        assert legacy.image.array.shape == ours.image.shape == (2 * AMP_SHAPE[0], 8 * AMP_SHAPE[1])
+        np.testing.assert_array_equal(legacy.image.array, ours.image, err_msg=calib_type)
+        np.testing.assert_array_equal(legacy.variance.array, ours.variance, err_msg=calib_type)
+        for plane in ("BAD", "SAT", "CR", "NO_DATA"):
+            expected = (ours.mask & int(MaskPlane[plane])) != 0
+            got = legacy.mask.get(LSST_IMAGES_NAME.get(plane, plane))
+            np.testing.assert_array_equal(got, expected, err_msg=f"{calib_type} {plane}")
+        with fits.open(path) as hdul:
+            primary = hdul[0].header
+            assert hdul["IMAGE"].header["INHERIT"] is True and "BUNIT" not in primary
+            assert primary["CALIB_CREATION_DATE"] and primary["CALIB_CREATION_TIME"]
+            assert primary["DETNAME"] == "RXX_S00" and primary["CPP_INPUT_0"] > 0
+            if calib_type == "dark":
+                assert primary["DARKTIME"] == 1.0 and primary["LSST ISR UNITS"] == "electron"
+    for calib_type, obstype in (("defects", "defects"), ("ptc", "PTC")):
+        ref = butler.find_dataset(
+            calib_type, instrument="LATISS", detector=0, collections="LATISS/calib", timespan=timespan
+        )
+        assert ref is not None, calib_type
+        with fits.open(butler.getURI(ref).ospath) as hdul:
+            header = hdul[1].header
+            assert set(header) >= ISRCALIB_KEYS and header["OBSTYPE"] == obstype
+            if calib_type == "ptc":
+                assert header["PTC_VERSION"] == 2.6
+                assert set(hdul[1].columns.names) == set(PTC_COLUMNS)
+                assert len(hdul[1].data) == 16
+            else:
+                assert hdul[1].columns.names[:4] == ["x0", "y0", "width", "height"]
 
 
 def test_data_taking_does_not_wait_for_processing(stack: Settings, full_run: tuple[str, dict]) -> None:

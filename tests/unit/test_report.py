@@ -134,14 +134,14 @@ def test_ptc_thumbnail_and_timeline_figures_are_drawn() -> None:
     means = np.array([[1000.0, 2000.0, 4000.0, 8000.0, np.nan]] * 2)
     table = Table(
         {
-            "amp_name": ["C00", "C01"],
-            "gain": [1.1, 1.2],
-            "noise": [8.0, 9.0],
-            "turnoff": [4000.0, 8000.0],
-            "raw_means": means,
-            "raw_vars": means / 1.1,
-            "exp_id_mask": np.array([[True, True, True, False, False], [True] * 4 + [False]]),
-            "model_vars": means / 1.1,
+            "AMPLIFIER_NAME": ["C00", "C01"],
+            "GAIN": [1.1, 1.2],
+            "NOISE": [8.0, 9.0],
+            "PTC_TURNOFF": [4000.0, 8000.0],
+            "RAW_MEANS": means,
+            "RAW_VARS": means / 1.1,
+            "EXP_ID_MASK": np.array([[True, True, True, False, False], [True] * 4 + [False]]),
+            "FINAL_MODEL_VARS": means / 1.1,
         }
     )
     assert pixels(fig_ptc(table, 0)).std() > 0

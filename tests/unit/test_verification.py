@@ -614,10 +614,10 @@ def test_ptc_read_noise_used_only_where_well_measured() -> None:
 
     table = Table(
         {
-            "amp_name": ["C00", "C01", "C02", "C03", "C04"],
-            "noise": [8.0, 9.0, 7.0, float("nan"), 6.0],
-            "noise_err": [0.2, 2.5, 0.1, 0.1, 0.3],
-            "bad": [False, False, True, False, False],
+            "AMPLIFIER_NAME": ["C00", "C01", "C02", "C03", "C04"],
+            "NOISE": [8.0, 9.0, 7.0, float("nan"), 6.0],
+            "NOISE_ERR": [0.2, 2.5, 0.1, 0.1, 0.3],
+            "BAD_AMPS": [["C02"]] * 5,
         }
     )
     # C01: 28 % error (no low-signal pairs); C02: bad fit; C03: no value. They keep the nominal.
