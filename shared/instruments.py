@@ -30,7 +30,9 @@ rows follow the data rows. Assembly flips each amplifier's data section with ``f
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, cached_property
+
+from shared.filters import comcam_filters, latiss_filters, lsstcam_filters, missing_filter_reason
 
 __all__ = [
     "AMPLIFIER_TYPES",
@@ -222,7 +224,7 @@ class Instrument:
     class_name: str
     detectors: tuple[Detector, ...]
     filters: tuple[tuple[str, str], ...]
-    """``(physical_filter, band)`` pairs registered in the butler."""
+    """``(physical_filter, band)`` pairs registered in the butler: obs_lsst's (`shared.filters`)."""
     default_filter: str
     obs_id_prefix: str
     """Prefix of OBSID values, e.g. ``AT_O`` for LATISS."""
@@ -255,6 +257,21 @@ class Instrument:
     def science_detector_ids(self) -> tuple[int, ...]:
         """Ids of the science sensors (not the guider and wavefront sensors of LSSTCam's corners)."""
         return tuple(d.id for d in self.detectors if d.purpose == "SCIENCE")
+
+    @cached_property
+    def filter_names(self) -> frozenset[str]:
+        """The ``physical_filter`` names of `filters`."""
+        return frozenset(name for name, _ in self.filters)
+
+    def filter_problem(self, physical_filter: str) -> str | None:
+        """``None`` if ``physical_filter`` is one of this instrument's, else why not (for a message).
+
+        The reason names the wrong part of a LATISS ``filter~grating`` (or the gratings the filter
+        is used with); for the other instruments it lists the first 20 names (the on-sky ones).
+        """
+        if physical_filter in self.filter_names:
+            return None
+        return missing_filter_reason(self.name, self.filters, physical_filter, combined=self.has_grating)
 
     def detector(self, detector_id: int) -> Detector:
         for det in self.detectors:
@@ -387,14 +404,7 @@ def _latiss() -> Instrument:
         name="LATISS",
         class_name="lsst.obs.lsst.Latiss",
         detectors=(det,),
-        filters=(
-            ("empty~empty", "white"),
-            ("SDSSg_65mm~empty", "g"),
-            ("SDSSr_65mm~empty", "r"),
-            ("SDSSi_65mm~empty", "i"),
-            ("empty~holo4_003", "white"),
-            ("SDSSr_65mm~holo4_003", "r"),
-        ),
+        filters=latiss_filters(),
         default_filter="empty~empty",
         obs_id_prefix="AT_O",
         has_grating=True,
@@ -431,15 +441,7 @@ def _comcam() -> Instrument:
         name="LSSTComCam",
         class_name="lsst.obs.lsst.LsstComCam",
         detectors=tuple(detectors),
-        filters=(
-            ("empty", "white"),
-            ("u_02", "u"),
-            ("g_01", "g"),
-            ("r_03", "r"),
-            ("i_06", "i"),
-            ("z_03", "z"),
-            ("y_04", "y"),
-        ),
+        filters=comcam_filters(),
         default_filter="empty",
         obs_id_prefix="CC_O",
         header_names=("ComCam", "LSSTComCam"),
@@ -540,18 +542,7 @@ def _lsstcam() -> Instrument:
         name="LSSTCam",
         class_name="lsst.obs.lsst.LsstCam",
         detectors=tuple(detectors),
-        filters=(
-            ("empty", "white"),
-            ("none", "white"),
-            ("ef_43", "white"),
-            ("ph_5", "white"),
-            ("u_24", "u"),
-            ("g_6", "g"),
-            ("r_57", "r"),
-            ("i_39", "i"),
-            ("z_20", "z"),
-            ("y_10", "y"),
-        ),
+        filters=lsstcam_filters(),
         default_filter="empty",
         obs_id_prefix="MC_O",
         header_names=("LSSTCam", "lsstCam"),

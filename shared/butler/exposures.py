@@ -84,20 +84,21 @@ def exposure_record(header: fits.Header, instrument: Instrument, *, source: str 
     Raises
     ------
     shared.translation.HeaderError
-        If the header is not that of a raw of ``instrument``, or its filter is not registered.
+        If the header is not that of a raw of ``instrument``, or its physical_filter is not one of
+        the instrument's (obs_lsst's list, `shared.filters`).
     """
     info = translate(header, instrument, source=source)
     return _record(info, instrument, source)
 
 
 def _record(info: RawHeaderInfo, instrument: Instrument, source: str) -> dict[str, Any]:
-    known_filters = [name for name, _ in instrument.filters]
-    if info.physical_filter not in known_filters:
+    problem = instrument.filter_problem(info.physical_filter)
+    if problem is not None:
         where = f"{source}: " if source else ""
         raise HeaderError(
             f"{where}physical_filter {info.physical_filter!r} (from FILTER"
-            f"{'/GRATING' if instrument.has_grating else ''}) is not a registered {instrument.name} filter; "
-            f"known: {known_filters}"
+            f"{' and GRATING' if instrument.has_grating else ', FILTER1 and FILTER2'}) is not one of "
+            f"obs_lsst's {instrument.name} physical filters, so the raw is not ingested: {problem}"
         )
     return {
         "instrument": instrument.name,

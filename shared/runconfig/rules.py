@@ -17,7 +17,8 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from shared.instruments import get_instrument, instrument_names
+from shared.filters import COMBINE, listed, wheel_names
+from shared.instruments import Instrument, get_instrument, instrument_names
 from shared.runconfig.checked import Problem, Rule, rule
 from shared.runconfig.limits import MAX_DATA_TAKING_S
 from shared.runconfig.simulator import MAX_SIMULATED_PIXELS
@@ -214,40 +215,61 @@ def _detectors_of_instrument(config: RunConfiguration, given: frozenset[str]) ->
         )
 
 
-def _filter_problem(
-    key: str, value: str | int | None, valid: list[str] | None, simulated: bool
-) -> str | None:
-    if value is None or valid is None:
-        return None
-    if isinstance(value, int):
-        if simulated:
-            return (
-                f"the simulated camera needs a name, not a wheel position ({value}); "
-                f"valid names are: {', '.join(valid)}"
-            )
-        return None
-    if value not in valid:
-        return f"unknown {key} {value!r}; valid values are: {', '.join(valid)}"
-    return None
+def _wheel_choices(inst: Instrument, key: str) -> str:
+    """The names the ``filter`` (or LATISS ``grating``) key takes, for a message."""
+    if not inst.has_grating:
+        return listed([name for name, _ in inst.filters], 20)
+    filters, gratings = wheel_names(inst.filters)
+    if key == "grating":
+        return listed(gratings)
+    return f"{listed(filters)}, or a whole physical filter <filter>~<grating> without a grating key"
+
+
+def _blamed_key(inst: Instrument, config: RunConfiguration, physical: str) -> str:
+    """Which key made a physical filter the instrument does not have."""
+    if not inst.has_grating or config.grating is None:
+        return "filter"
+    filters, _ = wheel_names(inst.filters)
+    return "filter" if physical.partition(COMBINE)[0] not in filters else "grating"
 
 
 @rule("instrument", "camera", "filter", "grating")
 def _filter_and_grating(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    """The physical filter of ``filter`` (and LATISS ``grating``) is one of obs_lsst's.
+
+    A wheel position (an integer) is for the real camera: it is not checked (the simulated camera
+    needs names), and with one the other LATISS key is only checked to be in its wheel.
+    """
     if config.instrument not in instrument_names():
         return
     inst = get_instrument(config.instrument)
-    physical = [name for name, _ in inst.filters]
-    filters, gratings = physical, None
+    positions = False
+    for key, value in (("filter", config.filter), ("grating", config.grating)):
+        if isinstance(value, int):
+            positions = True
+            if config.camera == "simulated":
+                yield (
+                    key,
+                    f"the simulated camera needs a name, not a wheel position ({value}); "
+                    f"valid names are: {_wheel_choices(inst, key)}",
+                )
+    if positions:  # the other key may still be a name that is in neither wheel
+        if inst.has_grating:
+            names = wheel_names(inst.filters)
+            wheels = zip(("filter", "grating"), (config.filter, config.grating), names, strict=True)
+            for key, value, valid in wheels:
+                if isinstance(value, str) and value not in valid:
+                    yield key, f"unknown {key} {value!r}; valid values are: {_wheel_choices(inst, key)}"
+        return
+    physical = config.physical_filter
+    problem = inst.filter_problem(physical)
+    if problem is None:
+        return
+    key = _blamed_key(inst, config, physical)
     if inst.has_grating:
-        filters = sorted({name.split("~")[0] for name in physical})
-        gratings = sorted({name.split("~")[1] for name in physical if "~" in name})
-        if config.grating is None:  # a full physical filter name is accepted when no grating is given
-            filters = filters + [p for p in physical if p not in filters]
-    simulated = config.camera == "simulated"
-    for key, value, valid in (("filter", config.filter, filters), ("grating", config.grating, gratings)):
-        problem = _filter_problem(key, value, valid, simulated)
-        if problem is not None:
-            yield key, problem
+        yield key, f"physical_filter {physical!r} is not one of obs_lsst's {inst.name} filters: {problem}"
+    else:
+        yield key, f"unknown filter {physical!r}: {problem}"
 
 
 _COUNT_KEYS = tuple(f"n_{k}{t}" for t in ("bias", "dark", "flat") for k in ("", "discard_"))

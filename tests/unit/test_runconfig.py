@@ -351,3 +351,24 @@ def test_verify_noise_rule_defaults_to_cpflow_and_refuses_other_words() -> None:
     assert (
         error == "verify_noise_rule: unknown verify noise rule 'strict'; valid values are: cpflow, cp_verify"
     )
+
+
+def test_obs_lsst_filter_names_are_accepted_and_impossible_ones_refused_naming_the_key() -> None:
+    base = {"script_mode": "BIAS"}
+    latiss = {**base, "instrument": "LATISS"}
+    cfg = validate_run_configuration({**latiss, "filter": "BG40", "grating": "holo4_003"})
+    assert cfg.physical_filter == "BG40~holo4_003"
+    assert (
+        validate_run_configuration({**latiss, "grating": "SDSSr_65mm"}).physical_filter == "empty~SDSSr_65mm"
+    )
+    comcam = validate_run_configuration({**base, "instrument": "LSSTComCam", "filter": "u_05"})
+    assert comcam.physical_filter == "u_05"
+    (message,) = _errors({**latiss, "filter": "diffuser"})
+    assert (
+        message.startswith("filter: physical_filter 'diffuser~empty'")
+        and "never used with a grating" in message
+    )
+    (message,) = _errors({**latiss, "filter": "SDSSr_65mm", "grating": "SDSSg_65mm"})
+    assert message.startswith("grating:") and "used only with filter empty" in message
+    (message,) = _errors({**latiss, "filter": "BG40", "grating": "holo5"})
+    assert message.startswith("grating:") and "'holo5' is not a LATISS grating" in message

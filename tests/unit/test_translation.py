@@ -162,3 +162,32 @@ def test_a_file_that_is_not_a_raw_of_the_instrument_stops_the_ingest_before_anyt
             ingest_raws(butler, [good, odd_filter], get_instrument("LATISS"), run=run)
         assert list(butler.query_dimension_records("exposure", instrument="LATISS", explain=False)) == []
         assert run not in list(butler.registry.queryCollections())  # not even the run was made
+
+
+def test_real_headers_and_existing_filter_combinations_translate_to_obs_lsst_names(tmp_path: Path) -> None:
+    for name in (LATISS_DARK, LATISS_CCS_2022, COMCAM_OBJECT):
+        header = real_header(name)
+        instrument = get_instrument("LSSTComCam" if name == COMCAM_OBJECT else "LATISS")
+        assert physical_filter_of(header, instrument) in instrument.filter_names
+    latiss = get_instrument("LATISS")
+    for filt, grating, physical in (
+        ("BG40", "holo4_003", "BG40~holo4_003"),
+        ("empty_2", "SDSSr_65mm", "empty~SDSSr_65mm"),
+        ("quadnotch1", "blue300lpmm_qn1", "quadnotch1~blue300lpmm_qn1"),
+    ):
+        header = real_header(LATISS_DARK, FILTER=filt, GRATING=grating)
+        assert physical_filter_of(header, latiss) == physical and physical in latiss.filter_names
+    comcam = real_header(COMCAM_OBJECT, FILTER="u_05")
+    assert physical_filter_of(comcam, get_instrument("LSSTComCam")) == "u_05"
+    root = create_repository(tmp_path / "repo")
+    holo = _raw(tmp_path, "holo.fits", LATISS_DARK, "LATISS", FILTER="BG40", GRATING="holo4_003")
+    diffuser = _raw(tmp_path, "diff.fits", LATISS_DARK, "LATISS", FILTER="diffuser", SEQNUM=171)
+    with open_butler(root) as butler:
+        run = raw_collection("LATISS")
+        with pytest.raises(
+            RawFormatError, match=r"diff\.fits: physical_filter 'diffuser~empty' .*never used with"
+        ):
+            ingest_raws(butler, [diffuser], latiss, run=run)
+        ingest_raws(butler, [holo], latiss, run=run)
+        (exposure,) = butler.query_dimension_records("exposure", instrument="LATISS", explain=False)
+        assert exposure.physical_filter == "BG40~holo4_003"
