@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntFlag
 
+import astropy.units
 import numpy as np
 from astropy.io import fits
 
@@ -155,7 +156,7 @@ class CalibImage:
         planes = (
             ("IMAGE", self.image.astype(np.float32, copy=False), unit),
             ("MASK", self.mask.astype(np.int32, copy=False), ""),
-            ("VARIANCE", self.variance.astype(np.float32, copy=False), f"{unit}**2" if unit else ""),
+            ("VARIANCE", self.variance.astype(np.float32, copy=False), _squared(unit)),
         )
         hdus: list[fits.hdu.base.ExtensionHDU] = []
         for name, data, plane_unit in planes:
@@ -181,6 +182,19 @@ class CalibImage:
             variance=np.asarray(hdul["VARIANCE"].data, dtype=np.float32),
             header=header,
         )
+
+
+def _squared(unit: str) -> str:
+    """The variance unit of ``unit``: ``electron**2`` as afw writes it; a compound unit as astropy
+    writes its square (``electron/s`` → ``electron2 / s2``; ``electron/s**2`` would mean e⁻/s²)."""
+    if not unit:
+        return ""
+    if unit.isalnum():
+        return f"{unit}**2"
+    try:
+        return str((astropy.units.Unit(unit) ** 2).to_string())
+    except ValueError:
+        return f"({unit})**2"
 
 
 def _pixel_hdu_cards(header: fits.Header, name: str, unit: str, x0: int = 0, y0: int = 0) -> None:

@@ -157,6 +157,13 @@ def test_lsst_images_reads_cpflows_calibration_images(tmp_path: Path) -> None:
     assert legacy.mask.get("COSMIC_RAY")[5, 7] and legacy.mask.get("SATURATED")[5, 7]
 
 
+def test_a_dark_in_electrons_per_second_keeps_its_units_in_lsst_images(tmp_path: Path) -> None:
+    _image, path = _calib(tmp_path, unit="electron/s")
+    legacy = lsst.images.MaskedImage.read_legacy(str(path))
+    assert legacy.image.unit == legacy.variance.unit**0.5
+    assert str(legacy.image.unit) == "electron / s"
+
+
 def test_the_formatter_round_trips_and_remaps_older_mask_bits(tmp_path: Path) -> None:
     image, path = _calib(tmp_path)
     with fits.open(path) as hdul:
