@@ -202,7 +202,7 @@ def test_the_ptc_and_defects_shown_are_the_butlers(
     ptc = butler.get("ptc", instrument="LATISS", detector=0, collections=[collection + "/ptc"])
     section = pages["full"].sections["type-ptc"]
     for row in ptc:
-        assert f"<tr><td>{row['amp_name']}</td><td>{float(row['gain']):.5g}</td>" in section
+        assert f"<tr><td>{row['AMPLIFIER_NAME']}</td><td>{float(row['GAIN']):.5g}</td>" in section
     defects = butler.get("defects", instrument="LATISS", detector=0, collections=[collection + "/defects"])
     assert len(defects) > 0
     assert f"Detector 0: {len(defects)} defect boxes" in pages["full"].sections["type-defects"]
