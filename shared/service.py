@@ -49,6 +49,7 @@ from tenacity import AsyncRetrying, stop_after_attempt, wait_fixed
 
 from shared.butler.datasets import DatasetTypeConflict, check_dataset_types
 from shared.butler.factory import ButlerFactory
+from shared.butler.raws import use_raw_repository
 from shared.butler.runrecords import differences
 from shared.events import (
     DEAD_LETTER_EXCERPT_CHARS,
@@ -585,6 +586,7 @@ def _context(
         log=get_logger(f"cpflow.{name}"),
         butlers=ButlerFactory(settings.butler_repo, writeable=True),
     )
+    use_raw_repository(settings.raw_repo)
     # Every service reports run progress and dead-letters what it cannot process.
     ctx.publisher(router, ctx.topics.run_status, RunStatus, "Run progress and final states.")
     ctx.publisher(

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         "and, by default, the butler repository.",
     )
     butler_repo: str = Field(default="", description="Butler repository (default $CPFLOW_HOME/butler).")
+    raw_repo: str = Field(
+        default="",
+        description="A separate, read-only butler repository whose <INSTR>/raw/all holds the raws (the "
+        "summit's embargo repository, where the OODS ingests); cpflow's own repository when unset.",
+    )
     registry_db: str | None = Field(
         default=None,
         description="PostgreSQL URL of the butler registry; SQLite in the repository when unset.",

@@ -1,5 +1,8 @@
 """Acquirer: ``run.requested`` → camera → ingest → ``frames.acquired`` (one event per image type).
 
+With ``camera: none`` it takes no images: it waits for the run's listed frames to be in the raw
+collection (`services.acquirer.listed_frames`).
+
 Re-validates the configuration (a request injected straight into the topic is checked as
 strictly as one from ``cpflow submit``), stores it in the butler, drives the camera through the
 image types in order and publishes each type's frames as soon as they are in, so processing of
@@ -21,6 +24,7 @@ from lsst.daf.butler import Butler
 
 from services.acquirer.acquisition import acquire_image_type
 from services.acquirer.camera import CameraDriver
+from services.acquirer.listed_frames import acquire_listed_frames
 from services.acquirer.runs import acceptance, missing_image_types, runs_to_resume, unacquired_manifest
 from services.acquirer.simulated_camera import SimulatedCamera
 from shared.butler import datasets
@@ -258,23 +262,32 @@ async def acquire_run(ctx: ServiceContext, event: Event, config: RunConfiguratio
 
             started = time.monotonic()
             try:
-                if camera is None:
-                    camera = make_camera(ctx, config, run_id)
-                    await camera.setup_instrument(config.physical_filter)
-                manifest = await acquire_image_type(
-                    with_butler=with_butler,
-                    camera=camera,
-                    instrument=instrument,
-                    config=config,
-                    run_id=run_id,
-                    image_type=image_type,
-                    progress=progress,
-                    on_frames=ctx.metrics.frames_acquired.labels(
-                        instrument=instrument.name, image_type=image_type
-                    ).inc,
-                )
-                if isinstance(camera, SimulatedCamera):
-                    await ctx.run_blocking("acquire", camera.write_truth, config.detector_ids)
+                if config.camera == "none":  # frames the OODS ingests (or did): wait for them
+                    manifest = await acquire_listed_frames(
+                        with_butler=with_butler,
+                        config=config,
+                        run_id=run_id,
+                        image_type=image_type,
+                        progress=progress,
+                    )
+                else:
+                    if camera is None:
+                        camera = make_camera(ctx, config, run_id)
+                        await camera.setup_instrument(config.physical_filter)
+                    manifest = await acquire_image_type(
+                        with_butler=with_butler,
+                        camera=camera,
+                        instrument=instrument,
+                        config=config,
+                        run_id=run_id,
+                        image_type=image_type,
+                        progress=progress,
+                        on_frames=ctx.metrics.frames_acquired.labels(
+                            instrument=instrument.name, image_type=image_type
+                        ).inc,
+                    )
+                    if isinstance(camera, SimulatedCamera):
+                        await ctx.run_blocking("acquire", camera.write_truth, config.detector_ids)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

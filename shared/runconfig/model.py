@@ -28,6 +28,7 @@ from shared.identifiers import validate_collection_name
 from shared.instruments import get_instrument, instrument_names
 from shared.runconfig.checked import CheckedModel, Rule
 from shared.runconfig.errors import ConfigurationError, Noun, configuration_error, describe, key_text
+from shared.runconfig.frames import FrameRef, frame_ref, parse_obs_id
 from shared.runconfig.limits import (
     MAX_DISCARDED_FRAMES,
     MAX_EXPOSURE_TIME_S,
@@ -43,6 +44,7 @@ from shared.runconfig.limits import (
 )
 from shared.runconfig.rules import (
     MOST_DETECTORS,
+    NOT_WITH_LISTED_FRAMES,
     RUN_RULES,
     check_ptc_options,
     fill_instrument_defaults,
@@ -111,6 +113,31 @@ def _each_once(ids: list[int]) -> list[int]:
     return ids
 
 
+def _exposure_item(value: Any) -> Any:
+    """An ``exposures_*`` item: an exposure id (an integer ≥ 1) or an obs id."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"an exposure id must be an integer ≥ 1, got {value}")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT_LENGTH:
+            raise ValueError(f"has {len(value)} characters, more than the maximum {MAX_TEXT_LENGTH}")
+        parse_obs_id(value)
+        return value
+    raise ValueError(
+        "must be an exposure id (an integer) or an obs id such as AT_O_20240624_000169, "
+        f"got {describe(value)}"
+    )
+
+
+def _frames_once(items: list[int | str]) -> list[int | str]:
+    ids = [frame_ref(item).exposure_id for item in items]
+    dupes = sorted({str(item) for item, i in zip(items, ids, strict=True) if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"{', '.join(dupes)} name the same exposure more than once; list each frame once")
+    return items
+
+
 def _filter_choice(value: Any) -> Any:
     """A filter or grating: a name, a filter-wheel position (an integer ≥ 1) or null."""
     if value is None:
@@ -152,6 +179,12 @@ _CertifyDate = Annotated[
     BeforeValidator(_date_text),
     AfterValidator(_certify_date),
     Noun("an ISO-8601 date or datetime such as 2024-01-31"),
+]
+_Exposures = Annotated[
+    list[Annotated[StrictInt | StrictStr, BeforeValidator(_exposure_item)]],
+    at_most(MAX_FRAMES_PER_TYPE),
+    AfterValidator(_frames_once),
+    Noun("a list of exposure ids (integers) or obs ids such as AT_O_20240624_000169"),
 ]
 _FilterChoice = Annotated[StrictStr | StrictInt | None, BeforeValidator(_filter_choice)]
 
@@ -195,9 +228,14 @@ class RunConfiguration(CheckedModel):
     instrument : `str`
         ``LATISS``, ``LSSTComCam`` or ``LSSTCam`` (required; cpflow key).
     camera : `str`
-        ``simulated`` (cpflow's simulator, default) or ``sal`` (the real camera).
+        ``simulated`` (cpflow's simulator, default), ``sal`` (the real camera) or ``none`` (no
+        images are taken: the run uses frames that are, or will be, in the raw collection).
     simulator : `SimulatorConfig` or `None`
         Simulator settings; present exactly when ``camera`` is ``simulated``.
+    exposures_bias, exposures_dark, exposures_flat : `list` [`int` or `str`]
+        With ``camera: none`` (and only then): the frames of each image type, as exposure ids or obs
+        ids, in the order they were taken; the first ``n_discard_<type>`` are dropped. See
+        `frames`.
     program, reason : `str` or `None`
         Program id and reason (``BaseBlockScript``).
     test_case : `TestCase` or `None`
@@ -260,6 +298,9 @@ class RunConfiguration(CheckedModel):
     instrument: InstrumentName
     camera: CameraName = "simulated"
     simulator: SimulatorConfig | None = None
+    exposures_bias: _Exposures = Field(default_factory=list)
+    exposures_dark: _Exposures = Field(default_factory=list)
+    exposures_flat: _Exposures = Field(default_factory=list)
 
     # BaseBlockScript
     program: _Text | None = None
@@ -353,9 +394,18 @@ class RunConfiguration(CheckedModel):
         return key
 
     def n_kept(self, image_type: str) -> int:
-        """Number of exposures of ``image_type`` kept for processing (``n_bias`` etc.)."""
-        value: int = getattr(self, f"n_{self._image_type(image_type)}")
+        """Number of exposures of ``image_type`` kept for processing (``n_bias`` etc.; with
+        ``camera: none`` the frames listed after the discarded ones)."""
+        key = self._image_type(image_type)
+        if self.camera == "none":
+            return max(len(self.frames(key)) - self.n_discard(key), 0)
+        value: int = getattr(self, f"n_{key}")
         return value
+
+    def frames(self, image_type: str) -> list[FrameRef]:
+        """The frames ``exposures_<type>`` lists (``camera: none``), discarded ones first."""
+        items: list[int | str] = getattr(self, f"exposures_{self._image_type(image_type)}")
+        return [frame_ref(item) for item in items]
 
     def n_discard(self, image_type: str) -> int:
         """Number of leading exposures of ``image_type`` that are taken and dropped."""
@@ -371,6 +421,8 @@ class RunConfiguration(CheckedModel):
             ``n_kept + n_discard`` values in seconds; zeros for BIAS.
         """
         key = self._image_type(image_type)
+        if self.camera == "none":
+            return []  # not taken here: the frames' own exposure times are in their records
         count = self.n_kept(key) + self.n_discard(key)
         if key == "bias":
             return [0.0] * count
@@ -483,6 +535,12 @@ class RunConfiguration(CheckedModel):
             doc.pop("ignore")
         if self.camera != "simulated":
             doc.pop("simulator")
+        if self.camera == "none":
+            for key in NOT_WITH_LISTED_FRAMES:
+                doc.pop(key)
+        else:
+            for image_type in IMAGE_TYPES:
+                doc.pop(f"exposures_{image_type.lower()}")
         return doc
 
 

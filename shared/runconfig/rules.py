@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from shared.filters import COMBINE, listed, wheel_names
 from shared.instruments import Instrument, get_instrument, instrument_names
 from shared.runconfig.checked import Problem, Rule, rule
+from shared.runconfig.frames import INSTRUMENT_CODES, OBS_ID, frame_ref
 from shared.runconfig.limits import MAX_DATA_TAKING_S
 from shared.runconfig.simulator import MAX_SIMULATED_PIXELS
 from shared.runconfig.vocabulary import INSTRUMENTS, PTC_FIT_TYPES, ScriptMode
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COLLECTION_KEYS",
     "MOST_DETECTORS",
+    "NOT_WITH_LISTED_FRAMES",
     "RUN_RULES",
     "check_ptc_options",
     "fill_instrument_defaults",
@@ -133,11 +135,97 @@ def _simulator_section(config: RunConfiguration, given: frozenset[str]) -> Itera
         )
 
 
+_LISTED_FRAMES = tuple(f"exposures_{t}" for t in ("bias", "dark", "flat"))
+
+NOT_WITH_LISTED_FRAMES: tuple[str, ...] = (
+    "n_bias",
+    "n_dark",
+    "n_flat",
+    "exp_times_dark",
+    "exp_times_flat",
+    "wait_between_exposures",
+)
+"""Keys about taking images, which a ``camera: none`` run does not do (its frames are listed)."""
+
+
+@rule(
+    "camera",
+    "instrument",
+    "script_mode",
+    *_LISTED_FRAMES,
+    *NOT_WITH_LISTED_FRAMES,
+    "n_discard_bias",
+    "n_discard_dark",
+    "n_discard_flat",
+)
+def _listed_frames(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+    """``camera: none`` lists each image type's frames, and only its types; no other camera lists any."""
+    types = [t.lower() for t in config.image_types]
+    if config.camera != "none":
+        for key in _LISTED_FRAMES:
+            if key in given:
+                yield (
+                    key,
+                    f"only used with camera: none (camera is {config.camera}, which takes the frames); "
+                    "set camera: none to use frames already in the butler, or remove the key",
+                )
+        return
+    for key in NOT_WITH_LISTED_FRAMES:
+        if key in given:
+            yield (
+                key,
+                "not used with camera: none (no images are taken: the kept frames are those exposures_* "
+                "lists after the n_discard_* first, their exposure times are in their headers); "
+                "remove the key",
+            )
+    seen: dict[int, str] = {}
+    for image_type in ("bias", "dark", "flat"):
+        key, discard = f"exposures_{image_type}", f"n_discard_{image_type}"
+        items = getattr(config, key)
+        if image_type not in types:
+            if items:
+                yield (
+                    key,
+                    f"script_mode {config.script_mode} takes no {image_type} frames; remove the key or "
+                    "choose a script_mode that does",
+                )
+            continue
+        if not items:
+            yield (
+                key,
+                f"camera: none takes no images, so the run needs its {image_type} frames: list them "
+                "(exposure ids or obs ids such as AT_O_20240624_000169), in the order they were taken",
+            )
+            continue
+        n_discard = getattr(config, discard)
+        if len(items) <= n_discard:
+            yield (
+                key,
+                f"lists {len(items)} frame(s) and {discard} = {n_discard} drops the first {n_discard}, "
+                f"which leaves none; list more frames or set a smaller {discard}",
+            )
+        for item in items:
+            if isinstance(item, str):
+                match = OBS_ID.match(item)
+                named = INSTRUMENT_CODES.get(match["code"]) if match else None
+                if named is not None and named != config.instrument:
+                    yield key, f"{item} is an obs id of {named}; the run's instrument is {config.instrument}"
+            exposure_id = frame_ref(item).exposure_id
+            if exposure_id in seen and seen[exposure_id] != key:
+                yield (
+                    key,
+                    f"{item} is also listed in {seen[exposure_id]}; a frame has one image type, list it once",
+                )
+            seen.setdefault(exposure_id, key)
+
+
 def _exposure_time_count(image_type: str) -> Rule[Any]:
     key, n_key, d_key = f"exp_times_{image_type}", f"n_{image_type}", f"n_discard_{image_type}"
 
-    @rule(key, n_key, d_key)
+    @rule("camera", key, n_key, d_key)
     def check(config: RunConfiguration, given: frozenset[str]) -> Iterator[Problem]:
+        if config.camera == "none":
+            return  # _listed_frames
         value = getattr(config, key)
         expected = getattr(config, n_key) + getattr(config, d_key)
         if isinstance(value, list) and len(value) != expected:
@@ -343,6 +431,7 @@ def _calib_collection_not_reserved(config: RunConfiguration, given: frozenset[st
 
 RUN_RULES: tuple[Rule[Any], ...] = (
     _simulated_instrument,
+    _listed_frames,
     _exposure_time_count("dark"),
     _exposure_time_count("flat"),
     _begin_before_end,

@@ -32,9 +32,10 @@ InstrumentName = Literal["LATISS", "LSSTComCam", "LSSTCam"]
 INSTRUMENTS: tuple[str, ...] = get_args(InstrumentName)
 """Instruments a run may name (the reference script exists for these three)."""
 
-CameraName = Literal["simulated", "sal"]
+CameraName = Literal["simulated", "sal", "none"]
 CAMERAS: tuple[str, ...] = get_args(CameraName)
-"""Camera drivers: cpflow's simulator, or the real camera through SAL."""
+"""Camera drivers: cpflow's simulator, the real camera through SAL, or none (the run lists frames that
+are already, or are being, ingested)."""
 
 PtcFitType = Literal["EXPAPPROXIMATION", "FULLCOVARIANCE", "FULLCOVARIANCE_NO_B"]
 PTC_FIT_TYPES: tuple[str, ...] = get_args(PtcFitType)
