@@ -45,9 +45,10 @@ tools:
 demo: setup
 	$(BIN)/cpflow demo
 
-## test: lint, type-check and the whole test suite (starts and stops its own broker and services)
+## test: lint, type-check and the whole test suite (starts and stops its own broker and services);
+## two pytest-xdist workers: the end-to-end tests on one, the other modules on the other
 test: setup lint typecheck
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -23,12 +23,10 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-from cpflow.demo import DEMO_CONFIG, run_demo
-from cpflow.replay import STAGES
 from cpflow.runview import RunView, build_views
 from cpflow.submission import (
     EXIT_BROKER,
@@ -44,8 +42,8 @@ from cpflow.submission import (
     wait_for_run,
 )
 from cpflow.topics_reader import read_events
-from shared.butler.datasets import DatasetTypeConflict
 from shared.kafka_access import connection_for
+from shared.records import ReplayStage
 from shared.runconfig import ConfigurationError
 from shared.settings import Settings, SettingsError, load_settings
 from shared.topics import Topics
@@ -341,6 +339,8 @@ def cmd_ingest_raws(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from cpflow.demo import DEMO_CONFIG, run_demo
+
     return run_demo(settings, Path(args.config) if args.config else DEMO_CONFIG, timeout=args.timeout)
 
 
@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="redo a run's work from one stage on, in a sandbox")
     replay.add_argument("run_id")
-    replay.add_argument("--from", dest="stage", required=True, choices=list(STAGES))
+    replay.add_argument("--from", dest="stage", required=True, choices=list(get_args(ReplayStage)))
     replay.add_argument(
         "--prefix", required=True, help="the sandbox's topic prefix (cpflow sandbox up PREFIX)"
     )
@@ -458,10 +458,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args, settings))
     except KeyboardInterrupt:
         return 130
-    except DatasetTypeConflict as exc:
-        print(f"cpflow: {exc}", file=sys.stderr)
-        return EXIT_REPOSITORY
     except (KafkaError, OSError, RuntimeError) as exc:
+        if _dataset_type_conflict(exc):
+            print(f"cpflow: {exc}", file=sys.stderr)
+            return EXIT_REPOSITORY
         if not _broker_unreachable(exc):
             raise
         print(
@@ -470,6 +470,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BROKER
+
+
+def _dataset_type_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is the repository's `~shared.butler.datasets.DatasetTypeConflict`.
+
+    Looked up in `sys.modules`, not imported: the butler is only loaded by the commands that use it
+    (a `cpflow status` starts in half the time), and if it was never loaded, this is not it.
+    """
+    datasets = sys.modules.get("shared.butler.datasets")
+    return datasets is not None and isinstance(exc, datasets.DatasetTypeConflict)
 
 
 def _broker_unreachable(exc: BaseException) -> bool:

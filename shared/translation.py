@@ -32,6 +32,7 @@ from typing import Any
 import astropy.time
 from astropy.io import fits
 
+from shared.exposure_ids import CONTROLLERS, compute_exposure_id, day_obs_number
 from shared.instruments import Instrument, get_instrument, instrument_names
 
 __all__ = [
@@ -45,11 +46,6 @@ __all__ = [
     "translate",
 ]
 
-CONTROLLERS = "OCHPQS"
-"""Controller codes in offset order: OCS, CCS, phosim, simulated OCS, simulated CCS, simulated images."""
-_CCS_SHARED_COUNTER_AFTER = 20231004
-_SIMULATED_SHARED_COUNTER_AFTER = 20250417
-_MAX_SEQNUM = 100_000
 _EMPTY_FILTER = re.compile(r"^empty(_?\d+)?$", re.IGNORECASE)
 _TRUE = {"T", "TRUE", "Y", "YES", "1"}
 
@@ -82,41 +78,6 @@ def _float(header: fits.Header, key: str) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _day_obs_number(day_obs: int | str) -> int:
-    text = str(day_obs).strip().split("T", 1)[0].replace("-", "")
-    if not re.fullmatch(r"\d{8}", text):
-        raise ValueError(f"DAYOBS {day_obs!r} is not YYYYMMDD or YYYY-MM-DD")
-    return int(text)
-
-
-def compute_exposure_id(day_obs: int | str, seq_num: int, controller: str | None = None) -> int:
-    """The exposure id of (DAYOBS, SEQNUM, CONTRLLR), as obs_lsst's ``compute_exposure_id``.
-
-    Examples: ``("20240624", 169, "O")`` → 2024062400169; ``("20190319", 1, "C")`` →
-    3019031900001 (CCS before it shared the OCS counter).
-
-    Raises
-    ------
-    ValueError
-        For a malformed DAYOBS, a SEQNUM outside 0..99999 or an unknown controller.
-    """
-    day = _day_obs_number(day_obs)
-    if not 0 <= int(seq_num) < _MAX_SEQNUM:
-        raise ValueError(f"SEQNUM {seq_num} is outside 0..{_MAX_SEQNUM - 1}")
-    if controller:
-        code = controller.strip()
-        if code not in CONTROLLERS:
-            raise ValueError(f"CONTRLLR {controller!r} is not one of {list(CONTROLLERS)}")
-        shared_counter = (
-            code == "O"
-            or (code == "C" and day > _CCS_SHARED_COUNTER_AFTER)
-            or (code in "PQS" and day > _SIMULATED_SHARED_COUNTER_AFTER)
-        )
-        if not shared_counter:
-            day += CONTROLLERS.index(code) * 10_000_000
-    return int(f"{day}{int(seq_num):05d}")
 
 
 def instrument_of(header: fits.Header, *, source: str = "") -> Instrument:
@@ -278,7 +239,7 @@ def translate(
     controller = _text(header, "CONTRLLR")
     try:
         seq_num = int(_value(header, "SEQNUM"))
-        day_obs = _day_obs_number(_value(header, "DAYOBS"))
+        day_obs = day_obs_number(_value(header, "DAYOBS"))
         exposure_id = compute_exposure_id(day_obs, seq_num, controller)
     except (TypeError, ValueError) as exc:
         raise HeaderError(f"{where}{exc}") from None

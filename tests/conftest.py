@@ -12,6 +12,15 @@ import pytest
 from shared.settings import SERVICE_NAMES, Settings
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for ``pytest -n 2 --dist loadgroup``: every end-to-end test on one worker (they share one
+    stack), each other module whole on one worker (its module fixtures are built once)."""
+    for item in items:
+        path = Path(str(item.path))
+        group = "e2e" if path.parent.name == "e2e" else f"{path.parent.name}/{path.stem}"
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -43,8 +52,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """The whole local stack, started once per test session and stopped by pid at the end."""
     from cpflow.stack import stack_down, stack_up
+    from tests.embargo import embargo_repository
 
-    settings = stack_settings(tmp_path_factory.mktemp("cpflow-home"))
+    home = tmp_path_factory.mktemp("cpflow-home")
+    # The raws of runs on frames already in a butler come from a separate, read-only repository
+    # laid out as the summit's embargo repository (CPFLOW_RAW_REPO); the simulated camera's stay
+    # in cpflow's own.
+    embargo = embargo_repository(home / "embargo", ("LATISS", "LSSTComCam", "LSSTCam"))
+    settings = stack_settings(home).model_copy(update={"raw_repo": str(embargo)})
     try:
         stack_up(settings, echo=False)
         yield settings

@@ -251,10 +251,11 @@ async def acquire_run(ctx: ServiceContext, event: Event, config: RunConfiguratio
                 continue
 
             async def progress(done: int, total: int, image_type: str = image_type) -> None:
+                where = "frames in the raw collection" if config.camera == "none" else "exposures taken"
                 await ctx.status(
                     event,
                     "RUNNING",
-                    f"{image_type}: {done}/{total} exposures taken",
+                    f"{image_type}: {done}/{total} {where}",
                     progress={"done": done, "total": total},
                     details={"image_type": image_type},
                     stage="acquire",

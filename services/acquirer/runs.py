@@ -52,11 +52,12 @@ def acceptance(
     """The `RunAccepted` record of a run accepted ``now``.
 
     A run may be resumed after a restart until twice its planned duration plus the ingest timeout
-    and an hour have passed; past that it is closed as expired rather than taking frames hours
-    late.
+    of each image type and an hour have passed; past that it is closed as expired rather than
+    taking frames hours late.
     """
     now = now or datetime.now(UTC)
-    allowed = 2 * planned_duration_s(config) + config.oods_timeout + 3600.0
+    # Each image type may wait up to oods_timeout for its frames to be ingested.
+    allowed = 2 * planned_duration_s(config) + len(config.image_types) * config.oods_timeout + 3600.0
     return RunAccepted(
         accepted_at=now,
         expires_at=now + timedelta(seconds=allowed),

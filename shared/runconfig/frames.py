@@ -3,7 +3,7 @@
 A run with ``camera: none`` takes no images: it lists, per image type, the frames the OODS has
 ingested (or will ingest) as exposure ids (``2024062400169``) or obs ids
 (``AT_O_20240624_000169``). An obs id is turned into its exposure id by obs_lsst's rule
-(`shared.translation.compute_exposure_id`), so the acquirer can wait for frames whose records do not
+(`shared.exposure_ids.compute_exposure_id`), so the acquirer can wait for frames whose records do not
 exist yet and name them when they never come.
 """
 
@@ -13,7 +13,7 @@ import datetime
 import re
 from dataclasses import dataclass
 
-from shared.translation import CONTROLLERS, compute_exposure_id
+from shared.exposure_ids import CONTROLLERS, compute_exposure_id
 
 __all__ = ["INSTRUMENT_CODES", "OBS_ID", "FrameRef", "frame_ref", "parse_obs_id"]
 

@@ -431,8 +431,10 @@ def test_lsstcam_bias_dark_on_both_vendors_at_full_size(stack: Settings, configs
         instrument="LSSTCam",
         script_mode="BIAS_DARK",
         detectors=[29, 98],
-        n_bias=4,
-        n_dark=3,
+        n_bias=3,
+        n_discard_bias=0,
+        n_dark=2,
+        n_discard_dark=0,
         exp_times_dark=2,
         simulator={"seed": 5},
         calib_collection="LSSTCam/calib/modes",
@@ -536,3 +538,149 @@ def wait_for_final(settings: Settings, run_id: str, timeout: float = 300) -> dic
         return view if view["state"] in ("SUCCEEDED", "FAILED", "REJECTED") else None
 
     return wait_until(final, timeout=timeout, interval=2.0)
+
+
+def take_a_night(stack: Settings, directory: Path, shots: list[tuple[str, float]]) -> dict[str, list[str]]:
+    """Frames taken by the simulated camera outside cpflow (as the summit's camera would): obs ids by
+    image type, the files in ``directory``. Same simulated sensor as the runs (seed, size); the
+    stack's sequence counters, so the exposure ids are new."""
+    import asyncio
+
+    from services.acquirer.camera import ExposureRequest
+    from services.acquirer.simulated_camera import SimulatedCamera
+    from shared.runconfig import SimulatorConfig
+
+    camera = SimulatedCamera.from_config(
+        get_instrument("LATISS"),
+        SimulatorConfig(seed=11, amp_data_shape=AMP_SHAPE),
+        directory,
+        stack.camera_dir / ".state",
+    )
+    obs_ids: dict[str, list[str]] = {}
+
+    async def take() -> None:
+        await camera.setup_instrument(get_instrument("LATISS").default_filter)
+        for image_type, seconds in shots:
+            request = ExposureRequest(
+                image_type=image_type, exposure_time=seconds, group_id=f"night-{image_type}"
+            )
+            (frame,) = await camera.take_image(request, [0])
+            obs_ids.setdefault(image_type, []).append(frame.obs_id)
+
+    asyncio.run(take())
+    return obs_ids
+
+
+def test_a_nights_frames_in_the_embargo_repository_are_verified_externally(
+    stack: Settings, configs: Path, full_run: tuple, tmp_path: Path
+) -> None:
+    """camera: none, BIAS_DARK_FLAT, external verification (the reference's default mode), the raws read
+    from CPFLOW_RAW_REPO: a repository laid out as Rubin's, which the run leaves unchanged; the flats
+    arrive while the run waits for them."""
+    import threading
+
+    from tests.embargo import oods_ingest, snapshot
+
+    night = tmp_path / "night"
+    shots = [("BIAS", 0.0)] * 6 + [("DARK", 10.0)] * 5 + [("FLAT", 2.0)] * 4
+    obs_ids = take_a_night(stack, night, shots)
+    files = {path.name.removesuffix("_det000.fits"): path for path in night.glob("*_det000.fits")}
+    embargo = Path(stack.raw_repo)
+    oods_ingest(embargo, [files[o] for o in obs_ids["BIAS"] + obs_ids["DARK"]])
+    config = configs / "frames-in-the-embargo-repository.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "instrument": "LATISS",
+                "camera": "none",
+                "script_mode": "BIAS_DARK_FLAT",
+                "exposures_bias": obs_ids["BIAS"],
+                "exposures_dark": obs_ids["DARK"],
+                "exposures_flat": obs_ids["FLAT"],
+                "n_discard_flat": 0,
+                "oods_timeout": 120,
+                "generate_calibrations": False,
+                **{f"input_collections_verify_{t}": "LATISS/calib/modes" for t in ("bias", "dark", "flat")},
+                # As in test_external_verification_against_an_earlier_run: NOISE at DMTN-101's edge.
+                **{f"number_verification_tests_threshold_{t}": 16 for t in ("bias", "dark", "flat")},
+            }
+        )
+    )
+    # The flats are ingested by the "OODS" while the run waits for them.
+    late = threading.Timer(8.0, oods_ingest, args=(embargo, [files[o] for o in obs_ids["FLAT"]]))
+    late.start()
+    try:
+        run_id, view = run(stack, config, expect=0)
+    finally:
+        late.join()
+    before = snapshot(embargo)
+    assert view["state"] == "SUCCEEDED", view["errors"]
+    # It waited for the flats, then had them all.
+    messages = [e.get("message") for e in events_of(stack, run_id)]
+    assert "FLAT: 0/4 frames in the raw collection" in messages, messages
+    assert "FLAT: 4/4 frames in the raw collection" in messages
+    for calib_type, kept in (("bias", 5), ("dark", 4), ("flat", 4)):
+        t = view["types"][calib_type]
+        assert t["frames"]["kept"] == kept
+        assert t["generation"]["generated"] is False
+        assert t["verification"]["verdict"] == "PASSED", (calib_type, t["verification"])
+        assert "certification" not in t or t["certification"]["certified"] is False
+    assert view["types"]["bias"]["verification"]["tests"]["MEAN"]["fail"] == 0
+    # Verified frame by frame on the embargo repository's raws, whose records cpflow copied.
+    butler = open_butler(stack.butler_repo, writeable=False)
+    results = butler.get("verifyBiasResults", instrument="LATISS", collections=f"LATISS/runs/{run_id}/bias")
+    records = butler.query_dimension_records(
+        "exposure",
+        instrument="LATISS",
+        where="exposure.obs_id IN (ids)",
+        bind={"ids": obs_ids["BIAS"][1:]},
+        explain=False,
+    )
+    assert sorted(r.obs_id for r in records) == obs_ids["BIAS"][1:]
+    assert {int(e) for e in results["exposure"]} == {int(r.id) for r in records}
+    assert not butler.query_datasets(
+        "raw",
+        collections="LATISS/raw/all",
+        instrument="LATISS",
+        where="exposure.obs_id IN (ids)",
+        bind={"ids": obs_ids["BIAS"]},
+        explain=False,
+    )
+    # Nothing was written to the embargo repository, then or since.
+    assert snapshot(embargo) == before
+    with open_butler(str(embargo), writeable=False) as theirs:
+        assert {c for c in theirs.collections.query("*")} == {
+            "LATISS/raw/all",
+            "LSSTComCam/raw/all",
+            "LSSTCam/raw/all",
+        }
+        assert {t.name for t in theirs.registry.queryDatasetTypes()} == {"raw"}
+
+
+def test_frames_that_never_arrive_fail_the_run_naming_them(
+    stack: Settings, configs: Path, tmp_path: Path
+) -> None:
+    from tests.embargo import oods_ingest
+
+    obs_ids = take_a_night(stack, tmp_path / "night", [("BIAS", 0.0)] * 2)
+    oods_ingest(Path(stack.raw_repo), [tmp_path / "night" / f"{obs_ids['BIAS'][0]}_det000.fits"])
+    never = obs_ids["BIAS"][0][:-6] + "099999"
+    config = configs / "frames-that-never-arrive.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "instrument": "LATISS",
+                "camera": "none",
+                "script_mode": "BIAS",
+                "exposures_bias": [obs_ids["BIAS"][0], obs_ids["BIAS"][1], never],
+                "oods_timeout": 4,
+            }
+        )
+    )
+    _, view = run(stack, config, expect=1)
+    assert view["state"] == "FAILED"
+    text = " ".join(view["errors"])
+    assert "2 of 3 listed bias frames not in LATISS/raw/all after oods_timeout = 4 s" in text, text
+    assert (
+        f"({obs_ids['BIAS'][1]}) (no exposure record)" in text and f"({never}) (no exposure record)" in text
+    )

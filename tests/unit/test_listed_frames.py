@@ -8,8 +8,6 @@ class ``Exposure``, obs_lsst's raw formatter recorded for each file, ingested wi
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -18,19 +16,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from lsst.daf.butler import Butler, CollectionType, DatasetRef, DatasetType, FileDataset
+from lsst.daf.butler import Butler
 
 from services.acquirer.listed_frames import FramesNotIngested, WrongFrames, acquire_listed_frames
 from shared.butler import RAW, create_repository, datasets, ingest_raws, open_butler, raw_collection
-from shared.butler.exposures import day_obs_record, exposure_record, group_record, read_primary_header
-from shared.butler.formatters import RawFitsFormatter
-from shared.butler.instruments import detector_record, filter_records, instrument_record
 from shared.butler.raws import load_raw, use_raw_repository
-from shared.butler.repo import seed_config
 from shared.instruments import get_instrument
 from shared.rawformat import read_raw
 from shared.records import AcquisitionManifest
 from shared.runconfig import ConfigurationError, RunConfiguration, validate_run_configuration
+from tests.embargo import embargo_repository, oods_ingest, snapshot
 from tests.unit.realraws import LATISS_DARK, real_header, write_real_raw
 
 LATISS = get_instrument("LATISS")
@@ -231,51 +226,11 @@ def test_a_frame_of_another_type_is_refused_at_once(repo: Path, tmp_path: Path) 
 # ------------------------------------------------------------------------------------ raw repository
 
 
-def rubin_raw_repository(root: Path, paths: Sequence[Path]) -> Path:
-    """A repository written as the OODS writes the embargo repository, holding ``paths`` as raws."""
-    Butler.makeRepo(str(root), config=seed_config())
-    with Butler.from_config(str(root), writeable=True) as butler:
-        registry = butler.registry
-        registry.insertDimensionData("instrument", instrument_record(LATISS))
-        registry.insertDimensionData("detector", detector_record(LATISS, LATISS.detector(0)))
-        registry.insertDimensionData("physical_filter", *filter_records(LATISS))
-        raw_type = DatasetType(
-            RAW, ("instrument", "exposure", "detector"), "Exposure", universe=butler.dimensions
-        )
-        registry.registerDatasetType(raw_type)
-        registry.registerCollection(raw_collection("LATISS"), CollectionType.RUN)
-        for path in paths:
-            record = exposure_record(read_primary_header(path), LATISS)
-            registry.syncDimensionData("day_obs", day_obs_record(butler, "LATISS", record["day_obs"]))
-            registry.syncDimensionData("group", group_record("LATISS", record["group"]))
-            registry.syncDimensionData("exposure", record)
-            ref = DatasetRef(
-                raw_type,
-                {"instrument": "LATISS", "exposure": record["id"], "detector": 0},
-                run=raw_collection("LATISS"),
-            )
-            # The file stays where the camera wrote it (transfer direct); the datastore records
-            # obs_lsst's formatter, which cpflow cannot import: it must read the file itself.
-            butler.ingest(
-                FileDataset(path=str(path), refs=[ref], formatter=RawFitsFormatter), transfer="direct"
-            )
-    with sqlite3.connect(root / "gen3.sqlite3") as db:
-        db.execute("UPDATE file_datastore_records SET formatter = ?", (OBS_LSST_RAW_FORMATTER,))
-    return root
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
-
-
 @pytest.fixture
 def raw_repository(tmp_path: Path) -> Iterator[tuple[Path, list[Path]]]:
     paths = [_frame(tmp_path / "camera", seq, "BIAS") for seq in (169, 170)]
-    root = rubin_raw_repository(tmp_path / "embargo", paths)
+    root = embargo_repository(tmp_path / "embargo")
+    oods_ingest(root, paths)
     use_raw_repository(str(root))
     try:
         yield root, paths
@@ -287,7 +242,7 @@ def test_raws_of_a_rubin_repository_are_read_with_cpflows_reader_and_the_reposit
     raw_repository: tuple[Path, list[Path]], repo: Path
 ) -> None:
     root, paths = raw_repository
-    before = _snapshot(root)
+    before = snapshot(root)
     with Butler.from_config(str(root)) as embargo:
         (ref,) = embargo.query_datasets(
             RAW,
@@ -317,7 +272,7 @@ def test_raws_of_a_rubin_repository_are_read_with_cpflows_reader_and_the_reposit
     for name, pixels in direct.amplifiers.items():
         np.testing.assert_array_equal(raw.amplifiers[name], pixels)
     assert int(raw.amplifiers["C10"][0, 0]) == 1000 + 170
-    assert _snapshot(root) == before
+    assert snapshot(root) == before
 
 
 def test_a_raw_missing_from_the_raw_repository_is_named(
