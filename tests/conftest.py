@@ -12,6 +12,7 @@ import pytest
 from shared.settings import SERVICE_NAMES, Settings
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Groups for ``pytest -n 2 --dist loadgroup``: every end-to-end test on one worker (they share one
     stack), each other module whole on one worker (its module fixtures are built once)."""

@@ -28,7 +28,7 @@ from shared.identifiers import validate_collection_name
 from shared.instruments import get_instrument, instrument_names
 from shared.runconfig.checked import CheckedModel, Rule
 from shared.runconfig.errors import ConfigurationError, Noun, configuration_error, describe, key_text
-from shared.runconfig.frames import FrameRef, frame_ref, parse_obs_id
+from shared.runconfig.frames import MAX_EXPOSURE_ID, FrameRef, frame_ref, parse_obs_id
 from shared.runconfig.limits import (
     MAX_DISCARDED_FRAMES,
     MAX_EXPOSURE_TIME_S,
@@ -116,8 +116,8 @@ def _each_once(ids: list[int]) -> list[int]:
 def _exposure_item(value: Any) -> Any:
     """An ``exposures_*`` item: an exposure id (an integer ≥ 1) or an obs id."""
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ValueError(f"an exposure id must be an integer ≥ 1, got {value}")
+        if not 1 <= value <= MAX_EXPOSURE_ID:
+            raise ValueError(f"an exposure id must be an integer from 1 to {MAX_EXPOSURE_ID}, got {value}")
         return value
     if isinstance(value, str):
         if len(value) > MAX_TEXT_LENGTH:
