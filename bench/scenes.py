@@ -108,6 +108,7 @@ def build_truth_products(out: Path) -> Products:
         amp_data_shape=SHAPE,
         state_dir=out / "state",
         clock=lambda: NOW,
+        compress=False,  # plain int32 segments: same pixels, written and read faster
     )
     det = cam.detector_geometry(0)
 

@@ -131,7 +131,31 @@ def unknown_key_message(key: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
     if close:
         return f"unknown key {key!r}; did you mean {close[0]!r}?"
-    return f"unknown key {key!r}; valid keys are: {', '.join(sorted(names))}"
+    return f"unknown key {key!r}; valid keys are: {', '.join(_key_families(names))}"
+
+
+_TYPE_SUFFIXES = ("bias", "dark", "flat", "defects", "ptc")
+
+
+def _key_families(names: Iterable[str]) -> list[str]:
+    """Sorted key names, with the per-type families folded: ``n_{bias,dark,flat}``."""
+    families: dict[str, list[str]] = {}
+    for name in sorted(names):
+        stem, _, suffix = name.rpartition("_")
+        if stem and suffix in _TYPE_SUFFIXES:
+            families.setdefault(stem + "_", []).append(suffix)
+        else:
+            families.setdefault(name, [])
+    shown = []
+    for stem, suffixes in families.items():
+        if len(suffixes) > 1:
+            ordered = sorted(suffixes, key=_TYPE_SUFFIXES.index)
+            shown.append(f"{stem}{{{','.join(ordered)}}}")
+        elif suffixes:
+            shown.append(stem + suffixes[0])
+        else:
+            shown.append(stem)
+    return shown
 
 
 def rule_error(loc: tuple[str | int, ...], message: str, value: Any = None) -> InitErrorDetails:

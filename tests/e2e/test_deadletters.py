@@ -35,7 +35,7 @@ def test_a_dead_lettered_event_completes_its_run_once_redriven(stack: Settings, 
                 "calib_collection": collection,
                 "certify_calib_begin_date": "2026-03-01",
                 "certify_calib_end_date": "2026-04-01",
-                "simulator": {"seed": 21, "amp_data_shape": [40, 30]},
+                "simulator": {"seed": 21, "amp_data_shape": [40, 30], "compress": False},
             }
         )
     )

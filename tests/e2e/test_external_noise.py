@@ -42,7 +42,7 @@ def _config(directory: Path, **config: Any) -> Path:
         "script_mode": "BIAS_DARK",
         "detectors": DETECTORS,
         "exp_times_dark": 30,
-        "simulator": {"seed": SEED, "amp_data_shape": list(AMP_SHAPE)},
+        "simulator": {"seed": SEED, "amp_data_shape": list(AMP_SHAPE), "compress": False},
     }
     base.update(config)
     path = directory / f"run-{len(list(directory.iterdir()))}.yaml"
@@ -69,7 +69,7 @@ def _external(directory: Path, **simulator: Any) -> Path:
         generate_calibrations=False,
         input_collections_verify_bias=CALIB,
         input_collections_verify_dark=CALIB,
-        simulator={"seed": SEED, "amp_data_shape": list(AMP_SHAPE), **simulator},
+        simulator={"seed": SEED, "amp_data_shape": list(AMP_SHAPE), "compress": False, **simulator},
     )
 
 

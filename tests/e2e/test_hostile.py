@@ -48,7 +48,7 @@ def config_file(directory: Path, **config: Any) -> Path:
         "calib_collection": "LATISS/calib/hostile",
         "certify_calib_begin_date": "2026-01-01",
         "certify_calib_end_date": "2026-02-01",
-        "simulator": {"seed": 5, "amp_data_shape": list(AMP_SHAPE)},
+        "simulator": {"seed": 5, "amp_data_shape": list(AMP_SHAPE), "compress": False},
     }
     base.update(config)
     path = directory / f"run-{len(list(directory.iterdir()))}.yaml"
@@ -178,7 +178,7 @@ def test_a_forged_passed_verdict_certifies_nothing(stack: Settings, configs: Pat
     config = config_file(
         configs,
         calib_collection=collection,
-        simulator={"seed": 6, "amp_data_shape": list(AMP_SHAPE), "faults": [leak]},
+        simulator={"seed": 6, "amp_data_shape": list(AMP_SHAPE), "compress": False, "faults": [leak]},
     )
     run_id, view = submit(stack, config, expect=1)
     assert view["types"]["bias"]["verification"]["verdict"] == "FAILED"
@@ -274,7 +274,7 @@ def test_path_like_run_ids_and_collections_write_nothing_outside(stack: Settings
         "script_mode": "BIAS",
         "n_bias": 2,
         "generate_calibrations": True,
-        "simulator": {"seed": 1, "amp_data_shape": [20, 20]},
+        "simulator": {"seed": 1, "amp_data_shape": [20, 20], "compress": False},
     }
     attacks = [str(outside / "abs"), "../../escape-run", "a/../../b"]
     for run_id in attacks:
@@ -506,7 +506,7 @@ def test_a_service_killed_mid_run_ends_with_one_certification(
         calib_collection=collection,
         n_bias=12,
         wait_between_exposures=0.5 if service == "acquirer" else 0.0,
-        simulator={"seed": 8, "amp_data_shape": [400, 256]},
+        simulator={"seed": 8, "amp_data_shape": [400, 256], "compress": False},
     )
     submitted = cpflow(stack, "submit", str(config))
     assert submitted.returncode == 0, submitted.stderr

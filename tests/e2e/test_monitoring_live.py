@@ -105,6 +105,7 @@ def test_every_panel_and_alert_on_a_real_prometheus(stack: Settings, prometheus:
         "simulator": {
             "seed": 21,
             "amp_data_shape": [60, 40],
+            "compress": False,
             "faults": [{"kind": "light_leak", "image_type": "BIAS", "level_e": 300}],
         },
     }

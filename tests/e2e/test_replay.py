@@ -91,7 +91,7 @@ def finished_run(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
                 "calib_collection": COLLECTION,
                 "certify_calib_begin_date": "2026-05-01",
                 "certify_calib_end_date": "2026-06-01",
-                "simulator": {"seed": 31, "amp_data_shape": [40, 30]},
+                "simulator": {"seed": 31, "amp_data_shape": [40, 30], "compress": False},
             }
         )
     )

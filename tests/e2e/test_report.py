@@ -107,7 +107,7 @@ def runs(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         calib_collection="LATISS/calib/report",
         certify_calib_begin_date="2026-01-01",
         certify_calib_end_date="2027-12-31",
-        simulator={"seed": 11, "amp_data_shape": AMP_SHAPE},
+        simulator={"seed": 11, "amp_data_shape": AMP_SHAPE, "compress": False},
     )
     faulty = submit(
         stack,
@@ -120,6 +120,7 @@ def runs(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         simulator={
             "seed": 12,
             "amp_data_shape": AMP_SHAPE,
+            "compress": False,
             "faults": [{"kind": "light_leak", "image_type": "BIAS", "level_e": 300}],
         },
     )

@@ -40,7 +40,7 @@ def write_config(directory: Path, **config: Any) -> Path:
         "n_dark": 5,
         "exp_times_dark": 10,
         "generate_calibrations": True,
-        "simulator": {"seed": 11, "amp_data_shape": list(AMP_SHAPE)},
+        "simulator": {"seed": 11, "amp_data_shape": list(AMP_SHAPE), "compress": False},
     }
     base.update(config)
     path = directory / f"run-{len(list(directory.iterdir()))}.yaml"
@@ -101,6 +101,9 @@ def full_run(stack: Settings, configs: Path) -> tuple[str, dict[str, Any]]:
         wait_between_exposures=0.5,
         do_defects=True,
         do_ptc=True,
+        # The camera's own RICE-compressed segments (the other runs here write plain int32 ones,
+        # which the same reader takes, to keep the suite short).
+        simulator={"seed": 11, "amp_data_shape": list(AMP_SHAPE)},
         calib_collection="LATISS/calib/modes",
         certify_calib_begin_date="2026-01-01",
         certify_calib_end_date="2027-12-31",
@@ -310,6 +313,7 @@ def test_faulty_bias_stops_the_chain_and_fails_the_run(stack: Settings, configs:
         simulator={
             "seed": 12,
             "amp_data_shape": list(AMP_SHAPE),
+            "compress": False,
             "faults": [{"kind": "light_leak", "image_type": "BIAS", "level_e": 300}],
         },
     )
@@ -339,7 +343,7 @@ def test_clean_camera_passes_where_the_faulty_one_fails(stack: Settings, configs
         calib_collection="LATISS/calib/clean",
         certify_calib_begin_date="2030-01-01",
         certify_calib_end_date="2030-12-31",
-        simulator={"seed": 12, "amp_data_shape": list(AMP_SHAPE)},
+        simulator={"seed": 12, "amp_data_shape": list(AMP_SHAPE), "compress": False},
     )
     _, view = run(stack, config, expect=0)
     for calib_type in ("bias", "dark"):
@@ -360,6 +364,7 @@ def test_ramp_in_the_darks_fails_the_dark_only(stack: Settings, configs: Path) -
         simulator={
             "seed": 13,
             "amp_data_shape": list(AMP_SHAPE),
+            "compress": False,
             "faults": [{"kind": "dark_ramp", "step_e_per_s": 3.0}],
         },
     )
@@ -436,7 +441,7 @@ def test_lsstcam_bias_dark_on_both_vendors_at_full_size(stack: Settings, configs
         n_dark=2,
         n_discard_dark=0,
         exp_times_dark=2,
-        simulator={"seed": 5},
+        simulator={"seed": 5, "compress": False},
         calib_collection="LSSTCam/calib/modes",
         certify_calib_begin_date="2027-01-01",
         certify_calib_end_date="2027-12-31",
