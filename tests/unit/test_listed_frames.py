@@ -22,7 +22,7 @@ from services.acquirer.listed_frames import FramesNotIngested, WrongFrames, acqu
 from shared.butler import RAW, create_repository, datasets, ingest_raws, open_butler, raw_collection
 from shared.butler.raws import load_raw, use_raw_repository
 from shared.instruments import get_instrument
-from shared.rawformat import read_raw
+from shared.rawformat import RawFormatError, read_raw
 from shared.records import AcquisitionManifest
 from shared.runconfig import ConfigurationError, RunConfiguration, validate_run_configuration
 from tests.embargo import embargo_repository, oods_ingest, snapshot
@@ -288,3 +288,14 @@ def test_a_raw_missing_from_the_raw_repository_is_named(
     with open_butler(repo, writeable=False) as butler, pytest.raises(LookupError) as excinfo:
         load_raw(butler, "LATISS", 2024062400171, 0)
     assert str(root) in str(excinfo.value) and "2024062400171" in str(excinfo.value)
+
+
+def test_a_file_of_the_raw_repository_that_is_no_raw_is_refused_by_name(
+    raw_repository: tuple[Path, list[Path]], repo: Path
+) -> None:
+    """The raw repository's file changed under it (transfer direct): refused with the file's name."""
+    _, paths = raw_repository
+    paths[0].write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
+    with open_butler(repo, writeable=False) as butler, pytest.raises(RawFormatError) as excinfo:
+        load_raw(butler, "LATISS", 2024062400169, 0)
+    assert str(paths[0]) in str(excinfo.value)
