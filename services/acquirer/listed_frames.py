@@ -107,8 +107,8 @@ def frame_status(
 ) -> FrameStatus:
     """Look up ``frames`` in cpflow's raw collection, then in the raw repository's.
 
-    The exposure records of the frames found complete in the raw repository are copied into
-    ``butler`` (cpflow's repository); nothing is written to the raw repository.
+    Once every frame is in, the exposure records of those found in the raw repository are copied
+    into ``butler`` (cpflow's repository); nothing is written to the raw repository.
     """
     status = FrameStatus()
     ids = [f.exposure_id for f in frames]
@@ -146,8 +146,8 @@ def frame_status(
                 status.incomplete[frame.exposure_id] = absent
             else:
                 status.complete.append(frame.exposure_id)
-        if raws is not None and copied and not status.wrong:
-            copy_exposure_records(raws, butler, instrument, copied)
+        if raws is not None and copied and not status.wrong and not status.missing:
+            copy_exposure_records(raws, butler, instrument, copied)  # once, when all are in
     return status
 
 

@@ -32,7 +32,6 @@ __all__ = [
     "detector_for_raw",
     "load_raw",
     "raw_butler",
-    "raw_repository",
     "use_raw_repository",
 ]
 
@@ -48,11 +47,6 @@ def use_raw_repository(repo: str | None) -> None:
     if _raw_repository is not None:
         _raw_repository.close()
     _raw_repository = ButlerFactory(repo, writeable=False) if repo else None
-
-
-def raw_repository() -> str | None:
-    """The separate raw repository in use, or `None` when raws are in cpflow's repository."""
-    return None if _raw_repository is None else _raw_repository.repo
 
 
 @contextmanager
@@ -132,26 +126,20 @@ def copy_exposure_records(source: Butler, target: Butler, instrument: str, expos
     )
     if not records:
         return 0
-    values: dict[str, list[dict[str, Any]]] = {"day_obs": [], "group": [], "exposure": []}
-    for record in records:
-        values["exposure"].append(record.toDict())
-        for element in ("day_obs", "group"):
-            key = getattr(record, element, None)
-            if key is None:
-                continue
-            found = source.query_dimension_records(
+    values: dict[str, list[dict[str, Any]]] = {"exposure": [r.toDict() for r in records]}
+    for element in ("day_obs", "group"):  # each distinct one once: many exposures share them
+        keys = {getattr(r, element) for r in records} - {None}
+        values[element] = [
+            found.toDict()
+            for key in sorted(keys)
+            for found in source.query_dimension_records(
                 element, data_id={"instrument": instrument, element: key}, explain=False
             )
-            values[element].extend(r.toDict() for r in found)
+        ]
     registry = target.registry
     with target.transaction():
         for element in _EXPOSURE_ELEMENTS:
             fields = set(target.dimensions[element].schema.names)
-            seen: set[tuple[Any, ...]] = set()
             for value in values[element]:
-                kept = {k: v for k, v in value.items() if k in fields}
-                key = tuple(sorted((k, str(v)) for k, v in kept.items()))
-                if key not in seen:
-                    seen.add(key)
-                    registry.syncDimensionData(element, kept)
+                registry.syncDimensionData(element, {k: v for k, v in value.items() if k in fields})
     return len(records)

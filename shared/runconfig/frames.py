@@ -14,17 +14,18 @@ import re
 from dataclasses import dataclass
 
 from shared.exposure_ids import CONTROLLERS, compute_exposure_id
+from shared.instruments import get_instrument, instrument_names
 
 __all__ = ["INSTRUMENT_CODES", "MAX_EXPOSURE_ID", "OBS_ID", "FrameRef", "frame_ref", "parse_obs_id"]
 
 OBS_ID = re.compile(r"^(?P<code>[A-Z]{2})_(?P<controller>[A-Z])_(?P<day_obs>\d{8})_(?P<seq_num>\d{6})$")
 """``<instrument code>_<controller>_<day_obs>_<seq_num>``, as obs_lsst writes OBSID."""
 
-MAX_EXPOSURE_ID = 7_050_123_199_999
+MAX_EXPOSURE_ID = max(get_instrument(name).exposure_max for name in instrument_names())
 """The largest exposure id obs_lsst's instruments have (their records' ``exposure_max``)."""
 
-INSTRUMENT_CODES = {"AT": "LATISS", "CC": "LSSTComCam", "MC": "LSSTCam"}
-"""The first part of an obs id and the instrument it names."""
+INSTRUMENT_CODES = {get_instrument(name).obs_id_prefix.split("_")[0]: name for name in instrument_names()}
+"""The first part of an obs id and the instrument it names (``AT`` LATISS, ``CC``, ``MC``)."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from shared.filters import COMBINE, listed, wheel_names
 from shared.instruments import Instrument, get_instrument, instrument_names
 from shared.runconfig.checked import Problem, Rule, rule
-from shared.runconfig.frames import INSTRUMENT_CODES, OBS_ID, frame_ref
+from shared.runconfig.frames import parse_obs_id
 from shared.runconfig.limits import MAX_DATA_TAKING_S
 from shared.runconfig.simulator import MAX_SIMULATED_PIXELS
 from shared.runconfig.vocabulary import INSTRUMENTS, PTC_FIT_TYPES, ScriptMode
@@ -206,11 +206,11 @@ def _listed_frames(config: RunConfiguration, given: frozenset[str]) -> Iterator[
             )
         for item in items:
             if isinstance(item, str):
-                match = OBS_ID.match(item)
-                named = INSTRUMENT_CODES.get(match["code"]) if match else None
-                if named is not None and named != config.instrument:
+                named, exposure_id = parse_obs_id(item)
+                if named != config.instrument:
                     yield key, f"{item} is an obs id of {named}; the run's instrument is {config.instrument}"
-            exposure_id = frame_ref(item).exposure_id
+            else:
+                exposure_id = item
             if exposure_id in seen and seen[exposure_id] != key:
                 yield (
                     key,
