@@ -355,3 +355,18 @@ def test_the_run_fails_with_one_error_per_unsuccessful_type() -> None:
     bad = CalibOutcome(calib_type="dark", success=False, stage="verify", summary="dark failed verification")
     assert final_state([ok]) == ("SUCCEEDED", [])
     assert final_state([ok, bad]) == ("FAILED", ["verify: dark failed verification"])
+
+
+def test_external_verification_never_builds_when_a_verdict_comes_before_the_frames_event() -> None:
+    """The race CI met: the bias verdict walks to the dark while the dark frames' event is still queued."""
+    external = config(script_mode="BIAS_DARK", generate_calibrations=False, do_defects=False, do_ptc=False)
+    frames = {"BIAS": manifest("BIAS"), "DARK": manifest("DARK")}
+    verdict = ChainSnapshot(
+        manifests=frames, generated={"bias": generated("bias")}, verified={"bias": verified("bias", "PASSED")}
+    )
+    step = next_step(external, RUN, verdict, "dark")
+    assert step.action == "wait" and "external verification" in step.reason
+    # The same snapshot with generation on builds the dark from the run's bias.
+    assert next_step(
+        config(script_mode="BIAS_DARK", do_defects=False, do_ptc=False), RUN, verdict, "dark"
+    ).action == ("build")
