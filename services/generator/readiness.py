@@ -103,18 +103,18 @@ def next_step(config: RunConfiguration, run_id: str, snapshot: ChainSnapshot, ca
     done = snapshot.generated.get(calib_type)
     if done is not None:
         return Step(calib_type, "done", record=done)
+    frames = FRAMES_OF[calib_type]
+    manifest = snapshot.manifests.get(frames)
+    if manifest is not None and manifest.outcome != "ok":
+        return Step(calib_type, "skip", manifest.reason or f"no {frames} frames", manifest=manifest)
     if not config.generate_calibrations:
         # External verification builds nothing: each type's record is written when its frames are
         # in. A prerequisite's verdict that arrives before those frames' event must not build it.
         return Step(
             calib_type, "wait", "external verification: nothing is built, its frames' event records it"
         )
-    frames = FRAMES_OF[calib_type]
-    manifest = snapshot.manifests.get(frames)
     if manifest is None:
         return Step(calib_type, "wait", f"{frames} frames are not in yet")
-    if manifest.outcome != "ok":
-        return Step(calib_type, "skip", manifest.reason or f"no {frames} frames", manifest=manifest)
     run_types = {t.lower() for t in config.image_types}
     certified = (config.calib_collection, *config.input_collections(calib_type))
     sources: dict[str, CalibSource] = {}

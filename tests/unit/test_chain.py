@@ -370,3 +370,14 @@ def test_external_verification_never_builds_when_a_verdict_comes_before_the_fram
     assert next_step(
         config(script_mode="BIAS_DARK", do_defects=False, do_ptc=False), RUN, verdict, "dark"
     ).action == ("build")
+
+
+def test_external_verification_skips_the_types_whose_frames_never_came() -> None:
+    """CI: with external verification a failed acquisition left the run without a final state."""
+    external = config(script_mode="BIAS_DARK", generate_calibrations=False, do_defects=False, do_ptc=False)
+    failed = manifest("BIAS").model_copy(update={"outcome": "failed", "reason": "2 of 3 listed bias frames"})
+    snapshot = ChainSnapshot(manifests={"BIAS": failed}, generated={}, verified={})
+    step = next_step(external, RUN, snapshot, "bias")
+    assert step.action == "skip" and step.reason == "2 of 3 listed bias frames"
+    record = skipped_record(external, "bias", step.reason, detectors=[0], image_type="BIAS")
+    assert follow_ups(external, record) == ["dark"]
