@@ -7,11 +7,12 @@ the defaults give a working local stack under ``./.cpflow``. A bad value is reje
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["SERVICE_NAMES", "Settings", "SettingsError", "load_settings"]
@@ -45,7 +46,8 @@ class Settings(BaseSettings):
     raw_repo: str = Field(
         default="",
         description="A separate, read-only butler repository whose <INSTR>/raw/all holds the raws (the "
-        "summit's embargo repository, where the OODS ingests); cpflow's own repository when unset.",
+        "summit's embargo repository, where the OODS ingests); {instrument} in it: one repository per "
+        "instrument (/repo/{instrument}); cpflow's own repository when unset.",
     )
     registry_db: str | None = Field(
         default=None,
@@ -120,6 +122,15 @@ class Settings(BaseSettings):
         default=True, description="False: the combine sorts from its comparator table only (same results)."
     )
 
+    @field_validator("raw_repo")
+    @classmethod
+    def _raw_repo_fields(cls, value: str) -> str:
+        fields = re.findall(r"\{[^{}]*\}?|\}", value)
+        unknown = sorted({f for f in fields if f != "{instrument}"})
+        if unknown:
+            raise ValueError(f"the only field it may hold is {{instrument}}, not {', '.join(unknown)}")
+        return value
+
     @model_validator(mode="after")
     def _derived_defaults(self) -> Settings:
         home = self.home.absolute()
@@ -193,6 +204,8 @@ def _message(error: dict[str, Any]) -> str:
         what = "must be true or false (1/0)"
     elif kind == "literal_error":
         what = f"must be one of {ctx.get('expected', '')}"
+    elif kind == "value_error":
+        what = str(ctx.get("error", error.get("msg", "is not valid")))
     elif kind == "string_pattern_mismatch":
         what = f"must match {ctx.get('pattern', '')}"
     else:

@@ -115,7 +115,7 @@ def frame_status(
     records, found = _raws_of(butler, instrument, ids)
     wanted = set(detectors)
     elsewhere = [i for i in ids if not wanted <= found.get(i, set())]
-    with raw_butler() as raws:
+    with raw_butler(instrument) as raws:
         copied: list[int] = []
         if raws is not None and elsewhere:
             their_records, their_found = _raws_of(raws, instrument, elsewhere)

@@ -9,10 +9,15 @@ there is located by the butler (`~lsst.daf.butler.Butler.getURI`) and read with 
 syncs and writes nothing there; the exposure records its runs need are copied into cpflow's own
 repository (`copy_exposure_records`). Raws cpflow ingests itself (its simulated camera, ``cpflow
 ingest-raws``) stay in its own repository and are looked for there first.
+
+At the summit each camera has its own repository (``/repo/LATISS``, ``/repo/LSSTComCam``,
+``/repo/LSSTCam``); ``CPFLOW_RAW_REPO`` may name them all with the field ``{instrument}``
+(``/repo/{instrument}``), each opened the first time a run of that instrument needs it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -28,6 +33,8 @@ from .collections import raw_collection
 from .factory import ButlerFactory
 
 __all__ = [
+    "INSTRUMENT_FIELD",
+    "RawRepositories",
     "copy_exposure_records",
     "detector_for_raw",
     "load_raw",
@@ -35,27 +42,59 @@ __all__ = [
     "use_raw_repository",
 ]
 
-_raw_repository: ButlerFactory | None = None
+INSTRUMENT_FIELD = "{instrument}"
+"""The field of ``CPFLOW_RAW_REPO`` replaced by a run's instrument name."""
+
+
+class RawRepositories:
+    """The read-only raw repositories: one, or one per instrument (``{instrument}`` in ``template``)."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self._factories: dict[str, ButlerFactory] = {}
+        self._lock = threading.Lock()
+
+    def repo(self, instrument: str) -> str:
+        """The repository holding ``instrument``'s raws."""
+        return self.template.replace(INSTRUMENT_FIELD, instrument)
+
+    def factory(self, instrument: str) -> ButlerFactory:
+        """The factory of ``instrument``'s repository, made once (services call from threads)."""
+        repo = self.repo(instrument)
+        with self._lock:
+            if repo not in self._factories:
+                self._factories[repo] = ButlerFactory(repo, writeable=False)
+            return self._factories[repo]
+
+    def close(self) -> None:
+        with self._lock:
+            for factory in self._factories.values():
+                factory.close()
+            self._factories.clear()
+
+
+_raw_repositories: RawRepositories | None = None
 
 
 def use_raw_repository(repo: str | None) -> None:
     """Read raws from the repository ``repo`` (read-only) from now on; `None` or ``""``: cpflow's own.
 
-    A service calls this once at start-up with its ``raw_repo`` setting.
+    ``repo`` may contain ``{instrument}``: one repository per instrument. A service calls this once
+    at start-up with its ``raw_repo`` setting.
     """
-    global _raw_repository
-    if _raw_repository is not None:
-        _raw_repository.close()
-    _raw_repository = ButlerFactory(repo, writeable=False) if repo else None
+    global _raw_repositories
+    if _raw_repositories is not None:
+        _raw_repositories.close()
+    _raw_repositories = RawRepositories(repo) if repo else None
 
 
 @contextmanager
-def raw_butler() -> Iterator[Butler | None]:
-    """A read-only butler of the separate raw repository, or `None` when there is none."""
-    if _raw_repository is None:
+def raw_butler(instrument: str) -> Iterator[Butler | None]:
+    """A read-only butler of ``instrument``'s raw repository, or `None` when there is none."""
+    if _raw_repositories is None:
         yield None
         return
-    with _raw_repository.butler() as raws:
+    with _raw_repositories.factory(instrument).butler() as raws:
         yield raws
 
 
@@ -82,7 +121,7 @@ def load_raw(butler: Butler, instrument: str, exposure: int, detector: int) -> R
     """
     data_id = {"instrument": instrument, "exposure": exposure, "detector": detector}
     collections = [raw_collection(instrument)]
-    if _raw_repository is None:
+    if _raw_repositories is None:
         raw = butler.get(datasets.RAW, data_id, collections=collections)
     else:
         try:
@@ -92,10 +131,13 @@ def load_raw(butler: Butler, instrument: str, exposure: int, detector: int) -> R
         if ref is not None:
             raw = butler.get(ref)
         else:
-            with _raw_repository.butler() as raws:
+            with raw_butler(instrument) as raws:
+                assert raws is not None
                 ref = raws.find_dataset(datasets.RAW, data_id, collections=collections)
                 if ref is None:
-                    where = f"{collections[0]} of cpflow's repository or of {_raw_repository.repo}"
+                    where = (
+                        f"{collections[0]} of cpflow's repository or of {_raw_repositories.repo(instrument)}"
+                    )
                     raise LookupError(f"no raw {data_id} in {where}")
                 uri = raws.getURI(ref)
             with uri.as_local() as local:

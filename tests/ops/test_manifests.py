@@ -18,7 +18,7 @@ from shared.settings import SERVICE_NAMES, Settings, load_settings
 from shared.topics import Topics
 from tests.ops.common import CRDS, OVERLAYS, ROOT, errors, named, of_kind, render
 
-SECRETS_THE_OPERATOR_CREATES = {"cpflow-registry-credentials"}
+SECRETS_THE_OPERATOR_CREATES = {"cpflow-registry-credentials", "cpflow-summit-repo-credentials"}
 """Secrets a person creates before applying (README: Operations); all others are Strimzi's."""
 
 
@@ -421,3 +421,39 @@ def test_every_reference_inside_the_render_resolves(overlay: str) -> None:
     assert namespaces == {
         named(objects, "Namespace", f"cpflow{'-dev' if overlay == 'dev' else ''}")["metadata"]["name"]
     }
+
+
+def test_the_summit_reads_each_cameras_raws_from_its_repository_read_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CPFLOW_RAW_REPO=/repo/{instrument}: every stage that reads raws sees each camera's repository
+    on a read-only mount (the raw files' directory too), with the registries' credentials; the
+    certifier reads no raws and mounts neither."""
+    objects = render("summit")
+    env = settings_env(objects)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    template = load_settings().raw_repo
+    assert "{instrument}" in template
+    for name in SERVICE_NAMES:
+        deployment = named(objects, "Deployment", f"cpflow-{name}")
+        main = container(deployment)
+        read_only = {m["mountPath"] for m in main["volumeMounts"] if m.get("readOnly")}
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        environment = {e["name"]: e for e in main["env"]}
+        if name == "certifier":
+            assert "/repo" not in read_only and "LSST_DB_AUTH_CREDENTIALS" not in environment
+            continue
+        for instrument in ("LATISS", "LSSTComCam", "LSSTCam"):
+            repo = Path(template.replace("{instrument}", instrument))
+            assert any(repo.is_relative_to(path) for path in read_only), f"{name}: {repo} not mounted"
+        assert {"/repo", "/data"} <= read_only
+        for mount in main["volumeMounts"]:
+            if mount["mountPath"] in ("/repo", "/data"):
+                claim = volumes[mount["name"]]["persistentVolumeClaim"]
+                assert claim["readOnly"] is True
+                pvc = named(objects, "PersistentVolumeClaim", claim["claimName"])
+                assert pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
+        secret = environment["LSST_DB_AUTH_CREDENTIALS"]["valueFrom"]["secretKeyRef"]
+        assert secret["name"] in SECRETS_THE_OPERATOR_CREATES
+    assert "CPFLOW_RAW_REPO" not in settings_env(render("dev"))  # a laptop: raws in cpflow's repository

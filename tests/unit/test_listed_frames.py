@@ -26,9 +26,10 @@ from shared.rawformat import RawFormatError, read_raw
 from shared.records import AcquisitionManifest
 from shared.runconfig import ConfigurationError, RunConfiguration, validate_run_configuration
 from tests.embargo import embargo_repository, oods_ingest, snapshot
-from tests.unit.realraws import LATISS_DARK, real_header, write_real_raw
+from tests.unit.realraws import COMCAM_OBJECT, LATISS_DARK, real_header, write_real_raw
 
 LATISS = get_instrument("LATISS")
+COMCAM = get_instrument("LSSTComCam")
 OBS_LSST_RAW_FORMATTER = "lsst.obs.lsst.rawFormatter.LatissRawFormatter"
 
 
@@ -299,3 +300,51 @@ def test_a_file_of_the_raw_repository_that_is_no_raw_is_refused_by_name(
     with open_butler(repo, writeable=False) as butler, pytest.raises(RawFormatError) as excinfo:
         load_raw(butler, "LATISS", 2024062400169, 0)
     assert str(paths[0]) in str(excinfo.value)
+
+
+def _comcam_bias(directory: Path, seq_num: int) -> Path:
+    """A real-format LSSTComCam raw (R22_S00, detector 0) of 2024-11-08, a bias."""
+    obs_id = f"CC_O_20241108_{seq_num:06d}"
+    header = real_header(COMCAM_OBJECT, SEQNUM=seq_num, OBSID=obs_id, IMGTYPE="BIAS", EXPTIME=0.0)
+    geometry = COMCAM.detector(0).with_data_shape(6, 8)
+    return write_real_raw(directory / f"{obs_id}_R22_S00.fits", header, geometry, fill=2000 + seq_num)
+
+
+def test_each_instrument_reads_its_own_raw_repository(tmp_path: Path, repo: Path) -> None:
+    """The summit's layout, one repository per camera: ``CPFLOW_RAW_REPO=/repo/{instrument}``."""
+    camera = tmp_path / "camera"
+    latiss = [_frame(camera, seq, "BIAS") for seq in (169, 170)]
+    comcam = [_comcam_bias(camera, seq) for seq in (266, 267)]
+    summit = tmp_path / "summit"  # cpflow's own repository is tmp_path / "repo"
+    oods_ingest(embargo_repository(summit / "LATISS"), latiss)
+    oods_ingest(embargo_repository(summit / "LSSTComCam", ["LSSTComCam"]), comcam)
+    before = {name: snapshot(summit / name) for name in ("LATISS", "LSSTComCam")}
+    use_raw_repository(str(summit / "{instrument}"))
+    try:
+        kept = _acquire(
+            repo, validate_run_configuration(_none(exposures_bias=[2024062400169, 2024062400170])), "BIAS"
+        )
+        assert kept.exposures == [2024062400170]
+        config = validate_run_configuration(
+            {
+                "instrument": "LSSTComCam",
+                "script_mode": "BIAS",
+                "camera": "none",
+                "detectors": [0],
+                "exposures_bias": ["CC_O_20241108_000266", "CC_O_20241108_000267"],
+            }
+        )
+        assert _acquire(repo, config, "BIAS").exposures == [2024110800267]
+        with open_butler(repo, writeable=False) as butler:
+            assert int(load_raw(butler, "LATISS", 2024062400170, 0).amplifiers["C10"][0, 0]) == 1170
+            raw = load_raw(butler, "LSSTComCam", 2024110800267, 0)
+            assert int(raw.amplifiers["C10"][0, 0]) == 2267
+            # A LATISS raw is not looked for in LSSTComCam's repository, nor the other way round.
+            with pytest.raises(LookupError, match="LSSTComCam"):
+                load_raw(butler, "LSSTComCam", 2024062400170, 0)
+            # An instrument whose repository is not there is named with that repository.
+            with pytest.raises(Exception, match=str(summit / "LSSTCam")):
+                load_raw(butler, "LSSTCam", 2024110800267, 94)
+    finally:
+        use_raw_repository(None)
+    assert {name: snapshot(summit / name) for name in before} == before

@@ -73,3 +73,25 @@ def test_the_cli_reports_a_bad_variable_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 4
     assert "CPFLOW_PARTITIONS: must be an integer, got 'many'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("/repo/{instr}", "{instr}"),
+        ("/repo/{instrument}/{detector}", "{detector}"),
+        ("/repo/{instrument", "{instrument"),
+        ("/repo/}", "}"),
+    ],
+)
+def test_the_raw_repository_may_only_name_the_instrument(
+    value: str, error: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CPFLOW_RAW_REPO", value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value) == (
+        f"CPFLOW_RAW_REPO: the only field it may hold is {{instrument}}, not {error}, got {value!r}"
+    )
+    monkeypatch.setenv("CPFLOW_RAW_REPO", "/repo/{instrument}")
+    assert load_settings().raw_repo == "/repo/{instrument}"
