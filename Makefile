@@ -13,12 +13,16 @@ $(STAMP): pyproject.toml
 	  || { echo "replacing $(VENV): it is not Python 3.12"; rm -rf $(VENV); }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,postgres]"
 	@touch $(STAMP)
 
 ## setup: virtual environment with cpflow installed, the Kafka jars in the cache, the ops tools, and
-## Debian's chromium (the report's browser test) when it is missing
+## Debian's chromium (the report's browser test) and postgresql (the PostgreSQL registry tests'
+## server, started by the tests themselves) when they are missing
 setup: $(STAMP) tools
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql (the server of the PostgreSQL registry tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
 	@command -v chromium >/dev/null 2>&1 || { \
 		echo "installing Debian's chromium (headless browser of the report test)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \

@@ -13,7 +13,8 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from lsst.daf.butler import Butler, CollectionType, DatasetRef, DatasetType, FileDataset
+from lsst.daf.butler import Butler, CollectionType, Config, DatasetRef, DatasetType, FileDataset
+from sqlalchemy.engine import make_url
 
 from shared.butler import RAW, raw_collection
 from shared.butler.exposures import day_obs_record, exposure_record, group_record, read_primary_header
@@ -30,9 +31,14 @@ OBS_LSST_RAW_FORMATTERS = {
 }
 
 
-def embargo_repository(root: Path, instruments: Sequence[str] = ("LATISS",)) -> Path:
-    """An empty embargo repository at ``root``: records and the ``raw`` dataset type, no raws."""
-    Butler.makeRepo(str(root), config=seed_config())
+def embargo_repository(
+    root: Path, instruments: Sequence[str] = ("LATISS",), *, registry_db: str | None = None
+) -> Path:
+    """An empty embargo repository at ``root``: records and the ``raw`` dataset type, no raws.
+
+    ``registry_db``: a PostgreSQL URL (as at the summit); SQLite in ``root`` by default.
+    """
+    Butler.makeRepo(str(root), config=seed_config(registry_db))
     with Butler.from_config(str(root), writeable=True) as butler:
         registry = butler.registry
         for name in instruments:
@@ -66,11 +72,34 @@ def oods_ingest(root: Path, paths: Sequence[Path]) -> None:
             butler.ingest(
                 FileDataset(path=str(path), refs=[ref], formatter=RawFitsFormatter), transfer="direct"
             )
-            with sqlite3.connect(root / "gen3.sqlite3") as db:
-                db.execute(
-                    "UPDATE file_datastore_records SET formatter = ? WHERE dataset_id = ?",
-                    (OBS_LSST_RAW_FORMATTERS[instrument.name], ref.id.hex),
-                )
+            _record_formatter(root, ref, OBS_LSST_RAW_FORMATTERS[instrument.name])
+
+
+_SET_FORMATTER = "UPDATE file_datastore_records SET formatter = %s WHERE dataset_id = %s"
+
+
+def _record_formatter(root: Path, ref: DatasetRef, formatter: str) -> None:
+    """Write obs_lsst's formatter name into the datastore record of ``ref`` (SQLite or PostgreSQL)."""
+    db = str(Config(str(root / "butler.yaml"))["registry", "db"])
+    if db.startswith("sqlite"):
+        with sqlite3.connect(root / "gen3.sqlite3") as connection:
+            connection.execute(
+                "UPDATE file_datastore_records SET formatter = ? WHERE dataset_id = ?",
+                (formatter, ref.id.hex),
+            )
+        return
+    import psycopg  # the OODS's role: PGUSER / PGPASSWORD, as for its butler
+
+    url = make_url(db)
+    connection = psycopg.connect(host=url.host, port=url.port, dbname=url.database, user=url.username)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE file_datastore_records SET formatter = %s WHERE dataset_id = %s",
+                (formatter, str(ref.id)),
+            )
+    finally:
+        connection.close()
 
 
 def snapshot(root: Path) -> dict[str, str]:
