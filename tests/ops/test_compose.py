@@ -25,6 +25,7 @@ DIFFERENT_FROM_KUBERNETES = {
     "CPFLOW_KAFKA_SECURITY_PROTOCOL": "compose's broker is PLAINTEXT on one host; Kubernetes' SCRAM",
     "CPFLOW_KAFKA_SASL_MECHANISM": "idem",
     "PGPASSWORD": "a Secret in Kubernetes, the operator's environment here",
+    "CPFLOW_RAW_REPO": "the summit overlay reads its cameras' repositories; compose keeps raws in its own",
 }
 
 
@@ -102,7 +103,7 @@ def test_services_agree_with_the_settings_and_the_kubernetes_base(monkeypatch: p
         env = {k: str(v) for k, v in service["environment"].items()}
         # The same variables as the Kubernetes ConfigMap, with the same values where one host and a
         # cluster do not differ.
-        assert set(env) - {"PGPASSWORD"} == set(k8s_env) - {"CPFLOW_KAFKA_SASL_MECHANISM"}
+        assert set(env) - {"PGPASSWORD"} == set(k8s_env) - {"CPFLOW_KAFKA_SASL_MECHANISM", "CPFLOW_RAW_REPO"}
         assert {k: v for k, v in env.items() if k not in DIFFERENT_FROM_KUBERNETES} == {
             k: v for k, v in k8s_env.items() if k not in DIFFERENT_FROM_KUBERNETES
         }
@@ -126,11 +127,13 @@ def test_services_agree_with_the_settings_and_the_kubernetes_base(monkeypatch: p
         assert service["user"] == "10001:10001" and service["read_only"] is True
         assert re.fullmatch(r"(\d+)s", service["stop_grace_period"])
         assert int(service["stop_grace_period"][:-1]) > 2 * GRACEFUL_TIMEOUT_S
-        # Writable where the code writes: the same mount points as the Deployment's.
+        # Writable where the code writes: the same mount points as the Deployment's writable ones
+        # (the summit's read-only /repo and /data are its cameras' repositories).
         targets = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in service["volumes"]}
         deployment_mounts = {
             m["mountPath"]
             for m in container(named(kubernetes, "Deployment", f"cpflow-{name}"))["volumeMounts"]
+            if not m.get("readOnly")
         }
         assert targets == deployment_mounts
         # The broker and the registry it names are services of this file.
