@@ -67,6 +67,7 @@ class RawRepositories:
             return self._factories[repo]
 
     def close(self) -> None:
+        """Release every opened repository's connections."""
         with self._lock:
             for factory in self._factories.values():
                 factory.close()
