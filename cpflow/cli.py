@@ -458,9 +458,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args, settings))
     except KeyboardInterrupt:
         return 130
-    except (KafkaError, OSError, RuntimeError) as exc:
+    except Exception as exc:  # what is not named below keeps its traceback
         if _dataset_type_conflict(exc):
             print(f"cpflow: {exc}", file=sys.stderr)
+            return EXIT_REPOSITORY
+        if (problem := _registry_problem(exc)) is not None:
+            print(f"cpflow: cannot use the registry of {settings.butler_repo}: {problem}", file=sys.stderr)
             return EXIT_REPOSITORY
         if not _broker_unreachable(exc):
             raise
@@ -480,6 +483,15 @@ def _dataset_type_conflict(exc: BaseException) -> bool:
     """
     datasets = sys.modules.get("shared.butler.datasets")
     return datasets is not None and isinstance(exc, datasets.DatasetTypeConflict)
+
+
+def _registry_problem(exc: BaseException) -> str | None:
+    """Why the registry database cannot be used, if that is what ``exc`` is (`shared.butler.repo`).
+
+    In `sys.modules` only when a command loaded the butler, as for `_dataset_type_conflict`.
+    """
+    repo = sys.modules.get("shared.butler.repo")
+    return None if repo is None else repo.registry_problem(exc)
 
 
 def _broker_unreachable(exc: BaseException) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,7 +15,7 @@ from shared.instruments import get_instrument, instrument_names
 from .datasets import register_dataset_types
 from .instruments import register_instrument
 
-__all__ = ["SEED_CONFIG", "create_repository", "open_butler", "seed_config"]
+__all__ = ["SEED_CONFIG", "create_repository", "open_butler", "registry_problem", "seed_config"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -68,13 +69,20 @@ def create_repository(
     """
     root = Path(root).absolute()
     created_elsewhere = False
-    if not (root / "butler.yaml").exists():
+    config_file = root / "butler.yaml"
+    if not config_file.exists():
         try:
             Butler.makeRepo(str(root), config=seed_config(registry_db, seed))
             _LOG.info("created butler repository at %s", root)
         except FileExistsError:
             _LOG.info("butler repository at %s is being created by another process", root)
             created_elsewhere = True
+        except BaseException:
+            # makeRepo writes butler.yaml before it creates the registry: a registry that could
+            # not be created (its server not up yet, a wrong password) would leave a repository
+            # that every later start takes as made. Nothing half-made stays.
+            config_file.unlink(missing_ok=True)
+            raise
     butler = _open_when_ready(root) if created_elsewhere else open_butler(root, writeable=True)
     try:
         for name in instrument_names():
@@ -127,18 +135,48 @@ def open_butler(
     return Butler.from_config(str(root), writeable=writeable, run=run, collections=collections)
 
 
-def main() -> None:
+def registry_problem(exc: BaseException) -> str | None:
+    """One line saying why the registry database could not be used, if ``exc`` is such a problem.
+
+    A database that refuses the connection (no server, a wrong password, no such database) or one
+    without the ``btree_gist`` extension daf_butler's PostgreSQL registry needs; `None` for
+    anything else (a bug keeps its traceback).
+    """
+    import sqlalchemy.exc
+
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        lines = [line.strip() for line in str(exc.orig or exc).splitlines() if line.strip()]
+        return " ".join(lines) or type(exc).__name__
+    if isinstance(exc, RuntimeError) and "btree_gist" in str(exc):
+        return "the database has no btree_gist extension (CREATE EXTENSION btree_gist; as its owner)"
+    return None
+
+
+def main() -> int:
     """``python -m shared.butler.repo``: create (or re-sync) the repository of this environment's settings.
 
     What a Kubernetes init container runs before a service starts (safe in several pods at once).
+    Exit status 6 with one line when the registry database cannot be used.
     """
     from shared.settings import load_settings
 
     settings = load_settings()
-    print(
-        create_repository(settings.butler_repo, registry_db=settings.registry_db, seed=settings.butler_seed)
-    )
+    try:
+        root = create_repository(
+            settings.butler_repo, registry_db=settings.registry_db, seed=settings.butler_seed
+        )
+    except Exception as exc:
+        problem = registry_problem(exc)
+        if problem is None:
+            raise
+        print(
+            f"cannot use the registry of the butler repository {settings.butler_repo}: {problem}",
+            file=sys.stderr,
+        )
+        return 6
+    print(root)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""A PostgreSQL registry that cannot be used yet: one line, exit 6, and nothing half-made.
+
+What a Kubernetes init container (``python -m shared.butler.repo``) meets when the registry's pod is
+not up yet or its Secret is wrong, and what the CLI says then. On a real server (`tests.postgres`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.butler import open_butler
+from tests.postgres import PostgresServer, postgres_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    with postgres_server() as running:
+        yield running
+
+
+def _run(args: list[str], home: Path, registry_db: str, password: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "CPFLOW_HOME": str(home),
+        "CPFLOW_REGISTRY_DB": registry_db,
+        "PGPASSWORD": password,
+    }
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def _problem_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """stderr without Python's and daf_butler's own warnings."""
+    return [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip()
+        and "RuntimeWarning" not in line
+        and not line.startswith("Failed to instantiate Butler")
+    ]
+
+
+def test_a_registry_that_is_not_there_yet_leaves_nothing_and_a_later_start_creates_it(
+    server: PostgresServer, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    url = server.url("late_registry", "late")
+    result = _run(["-m", "shared.butler.repo"], home, url, "late-secret")
+    assert result.returncode == 6, result.stderr
+    assert _problem_lines(result) == [
+        f"cannot use the registry of the butler repository {home / 'butler'}: connection failed: "
+        f'connection to server at "127.0.0.1", port {server.port} failed: '
+        'FATAL:  password authentication failed for user "late"'
+    ]
+    assert not (home / "butler" / "butler.yaml").exists()  # no repository that only looks made
+
+    server.create_database("late_registry", "late", "late-secret")  # the registry comes up
+    result = _run(["-m", "shared.butler.repo"], home, url, "late-secret")
+    assert result.returncode == 0, result.stderr
+    os.environ["PGPASSWORD"] = "late-secret"
+    try:
+        with open_butler(home / "butler", writeable=False) as butler:
+            names = {r.name for r in butler.query_dimension_records("instrument", explain=False)}
+    finally:
+        del os.environ["PGPASSWORD"]
+    assert names == {"LATISS", "LSSTComCam", "LSSTCam"}
+
+
+@pytest.mark.parametrize("problem", ["wrong password", "no btree_gist"])
+def test_an_unusable_registry_is_one_line_for_the_init_container_and_the_cli(
+    problem: str, server: PostgresServer, tmp_path: Path
+) -> None:
+    database = "registry_" + problem.replace(" ", "_")
+    if problem == "wrong password":
+        url, password = server.create_database(database, database, "right"), "wrong"
+        expected = f'password authentication failed for user "{database}"'
+    else:
+        server.sql(
+            [f"CREATE ROLE {database} LOGIN PASSWORD 'pw'", f"CREATE DATABASE {database} OWNER {database}"]
+        )
+        url, password = server.url(database, database), "pw"
+        expected = "the database has no btree_gist extension (CREATE EXTENSION btree_gist; as its owner)"
+    home = tmp_path / "home"
+    result = _run(["-m", "shared.butler.repo"], home, url, password)
+    assert result.returncode == 6
+    (line,) = _problem_lines(result)
+    assert line.startswith(f"cannot use the registry of the butler repository {home / 'butler'}: ")
+    assert line.endswith(expected)
+
+    raw = tmp_path / "not-a-raw.fits"
+    raw.write_bytes(b"")
+    result = _run(["-m", "cpflow.cli", "ingest-raws", str(raw)], home, url, password)
+    assert result.returncode == 6, result.stdout + result.stderr
+    (line,) = _problem_lines(result)
+    assert line.startswith(f"cpflow: cannot use the registry of {home / 'butler'}: ") and line.endswith(
+        expected
+    )
