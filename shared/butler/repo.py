@@ -68,7 +68,6 @@ def create_repository(
         The directory holding ``butler.yaml``.
     """
     root = Path(root).absolute()
-    created_elsewhere = False
     config_file = root / "butler.yaml"
     if not config_file.exists():
         try:
@@ -76,14 +75,17 @@ def create_repository(
             _LOG.info("created butler repository at %s", root)
         except FileExistsError:
             _LOG.info("butler repository at %s is being created by another process", root)
-            created_elsewhere = True
-        except BaseException:
-            # makeRepo writes butler.yaml before it creates the registry: a registry that could
-            # not be created (its server not up yet, a wrong password) would leave a repository
-            # that every later start takes as made. Nothing half-made stays.
-            config_file.unlink(missing_ok=True)
+        except Exception as exc:
+            # makeRepo writes butler.yaml before it creates the registry: a registry it could not
+            # reach (its server not up yet, a wrong password, no btree_gist) would leave a
+            # repository every later start takes as made, so that file goes. Any other failure
+            # (say, another pod creating the same registry at the same moment) leaves it.
+            if registry_problem(exc) is not None:
+                config_file.unlink(missing_ok=True)
             raise
-    butler = _open_when_ready(root) if created_elsewhere else open_butler(root, writeable=True)
+    # Another process (another pod's init container) may have written butler.yaml and still be
+    # creating the registry: wait for it, unless the registry cannot be reached at all.
+    butler = _open_when_ready(root)
     try:
         for name in instrument_names():
             register_instrument(butler, get_instrument(name))
@@ -94,13 +96,16 @@ def create_repository(
 
 
 def _open_when_ready(root: Path, timeout: float = 60.0) -> Butler:
-    """Open a repository whose registry another process may still be creating."""
+    """Open a repository whose registry another process may still be creating.
+
+    A registry that cannot be reached (`registry_problem`) fails at once.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
             return open_butler(root, writeable=True)
         except Exception as exc:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or registry_problem(exc) is not None:
                 raise
             _LOG.debug("repository %s not ready yet: %s", root, exc)
             time.sleep(0.5)
@@ -145,6 +150,8 @@ def registry_problem(exc: BaseException) -> str | None:
     import sqlalchemy.exc
 
     if isinstance(exc, sqlalchemy.exc.OperationalError):
+        if "no such table" in str(exc):  # SQLite: another process is still creating the registry
+            return None
         lines = [line.strip() for line in str(exc.orig or exc).splitlines() if line.strip()]
         return " ".join(lines) or type(exc).__name__
     if isinstance(exc, RuntimeError) and "btree_gist" in str(exc):

@@ -104,3 +104,32 @@ def test_an_unusable_registry_is_one_line_for_the_init_container_and_the_cli(
     assert line.startswith(f"cpflow: cannot use the registry of {home / 'butler'}: ") and line.endswith(
         expected
     )
+
+
+def test_init_containers_of_every_pod_at_once_all_start(server: PostgresServer, tmp_path: Path) -> None:
+    """Six pods' init containers on one new PostgreSQL registry: one creates it, the others wait for it
+    (they see its butler.yaml before its tables; they used to fail on ``butler_attributes``)."""
+    url = server.create_database("shared_registry", "pods", "pods-secret")
+    home = tmp_path / "home"
+    env = {**os.environ, "CPFLOW_HOME": str(home), "CPFLOW_REGISTRY_DB": url, "PGPASSWORD": "pods-secret"}
+    pods = [
+        subprocess.Popen(
+            [sys.executable, "-m", "shared.butler.repo"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    errors = [pod.communicate(timeout=300)[1] for pod in pods]
+    assert [pod.returncode for pod in pods] == [0] * 6, [err[-500:] for err in errors]
+    os.environ["PGPASSWORD"] = "pods-secret"
+    try:
+        with open_butler(home / "butler", writeable=False) as butler:
+            names = {r.name for r in butler.query_dimension_records("instrument", explain=False)}
+            assert butler.get_dataset_type("bias").storageClass_name
+    finally:
+        del os.environ["PGPASSWORD"]
+    assert names == {"LATISS", "LSSTComCam", "LSSTCam"}
