@@ -40,6 +40,9 @@ _TRANSIENT_MESSAGES = (
     "connection reset by peer",
     "could not connect to server",
     "connection refused",
+    "the database system is starting up",  # PostgreSQL restarting
+    "the database system is shutting down",
+    "the database system is in recovery mode",
 )
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 
@@ -66,7 +69,9 @@ def is_transient(exc: BaseException) -> bool:
         text = str(exc).lower()
         return any(message in text for message in _TRANSIENT_MESSAGES)
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        return getattr(exc.orig, "pgcode", None) in _TRANSIENT_SQLSTATES
+        # psycopg 3 (SQLAlchemy 2.1's postgresql:// driver) names it sqlstate; psycopg2 pgcode.
+        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return code in _TRANSIENT_SQLSTATES
     return False
 
 

@@ -133,3 +133,50 @@ def test_init_containers_of_every_pod_at_once_all_start(server: PostgresServer, 
     finally:
         del os.environ["PGPASSWORD"]
     assert names == {"LATISS", "LSSTComCam", "LSSTCam"}
+
+
+def test_postgresqls_passing_errors_are_retried_and_its_others_are_not(server: PostgresServer) -> None:
+    """`shared.retry.is_transient` on the errors a real PostgreSQL server and psycopg 3 raise."""
+    import sqlalchemy
+
+    from shared.retry import is_transient
+
+    server.create_database("retries", "retrier", "retrier-secret")
+    engine = sqlalchemy.create_engine(server.url("retries", "retrier").replace("@", ":retrier-secret@"))
+    try:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("CREATE TABLE counter (id int PRIMARY KEY, n int)"))
+            connection.execute(sqlalchemy.text("INSERT INTO counter VALUES (1, 0)"))
+        # Serialization failure (40001): a repeatable-read transaction updates a row another committed.
+        first = engine.connect().execution_options(isolation_level="REPEATABLE READ")
+        try:
+            transaction = first.begin()
+            first.execute(sqlalchemy.text("SELECT n FROM counter WHERE id = 1"))
+            with engine.begin() as second:
+                second.execute(sqlalchemy.text("UPDATE counter SET n = n + 1 WHERE id = 1"))
+            with pytest.raises(sqlalchemy.exc.DBAPIError) as serialization:
+                first.execute(sqlalchemy.text("UPDATE counter SET n = n + 1 WHERE id = 1"))
+            transaction.rollback()
+        finally:
+            first.close()
+        assert "could not serialize access" in str(serialization.value)
+        assert is_transient(serialization.value)
+        # Not transient: the same statement would fail again.
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as duplicate, engine.begin() as connection:
+            connection.execute(sqlalchemy.text("INSERT INTO counter VALUES (1, 0)"))
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as syntax, engine.begin() as connection:
+            connection.execute(sqlalchemy.text("SELEKT 1"))
+        assert not is_transient(duplicate.value) and not is_transient(syntax.value)
+    finally:
+        engine.dispose()
+
+    # A server that went away (its pod restarting): refused connections are transient.
+    with postgres_server() as gone:
+        url = gone.url("postgres", "cpflow_test_admin").replace("@", f":{gone.admin_password}@")
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError) as refused, engine.connect():
+            pass
+    finally:
+        engine.dispose()
+    assert "connection refused" in str(refused.value).lower() and is_transient(refused.value)
