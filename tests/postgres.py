@@ -49,6 +49,63 @@ class PostgresServer:
     port: int
     admin_password: str
     pid: int
+    _binaries: Path
+    _directory: Path
+    _process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the postmaster (on the same port and data as before, if it ran) and wait for it."""
+        log = self._directory / "server.log"
+        with open(log, "ab") as log_file:
+            self._process = subprocess.Popen(
+                _as_server_user(
+                    [
+                        str(self._binaries / "postgres"),
+                        "-D",
+                        str(self._directory / "data"),
+                        "-p",
+                        str(self.port),
+                        "-c",
+                        "listen_addresses=127.0.0.1",
+                        "-c",
+                        f"unix_socket_directories={self._directory}",
+                        "-c",
+                        "fsync=off",
+                    ]
+                ),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid = self._process.pid
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.sql(["SELECT 1"])
+                return
+            except Exception:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"PostgreSQL did not start; see {log}:\n{log.read_text()}") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop the postmaster and its backends (its session, by pid) and wait for them."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)  # "fast" shutdown: clients are disconnected
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop, stay down ``down_for`` seconds, start again (a registry pod restarting)."""
+        self.stop()
+        time.sleep(down_for)
+        self.start()
 
     def url(self, database: str, user: str | None = None) -> str:
         """A SQLAlchemy URL (no password: it comes from PGPASSWORD or daf_butler's DbAuth)."""
@@ -125,48 +182,12 @@ def postgres_server() -> Iterator[PostgresServer]:
         capture_output=True,
         timeout=120,
     )
-    port = _free_port()
-    log = directory / "server.log"
-    with open(log, "ab") as log_file:
-        process = subprocess.Popen(
-            _as_server_user(
-                [
-                    str(binaries / "postgres"),
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(port),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    f"unix_socket_directories={directory}",
-                    "-c",
-                    "fsync=off",
-                ]
-            ),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = PostgresServer(port=port, admin_password=admin_password, pid=process.pid)
+    server = PostgresServer(
+        port=_free_port(), admin_password=admin_password, pid=0, _binaries=binaries, _directory=directory
+    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                server.sql(["SELECT 1"])
-                break
-            except Exception:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"PostgreSQL did not start; see {log}:\n{log.read_text()}") from None
-                time.sleep(0.2)
+        server.start()
         yield server
     finally:
-        # runuser's child is the postmaster; the whole session (postmaster and its backends) stops.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)  # "fast" shutdown
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        server.stop()
         shutil.rmtree(directory, ignore_errors=True)

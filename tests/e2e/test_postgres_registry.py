@@ -10,6 +10,8 @@ failure.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from shared.butler.repo import open_butler
 from shared.settings import Settings
 from tests.conftest import stack_settings
 from tests.e2e.test_run_modes import certified, run, write_config
-from tests.postgres import postgres_server
+from tests.postgres import PostgresServer, postgres_server
 
 pytestmark = pytest.mark.broker
 
@@ -29,7 +31,9 @@ PASSWORD = "cpflow-registry-secret"
 
 
 @pytest.fixture(scope="module")
-def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def pg_server_and_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[PostgresServer, Settings]]:
     from cpflow.stack import stack_down, stack_up
 
     previous = os.environ.get("PGPASSWORD")
@@ -40,13 +44,18 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         settings = stack_settings(home).model_copy(update={"registry_db": url})
         try:
             stack_up(settings, echo=False)
-            yield settings
+            yield server, settings
         finally:
             stack_down(settings)
             if previous is None:
                 os.environ.pop("PGPASSWORD", None)
             else:
                 os.environ["PGPASSWORD"] = previous
+
+
+@pytest.fixture(scope="module")
+def pg_stack(pg_server_and_stack: tuple[PostgresServer, Settings]) -> Settings:
+    return pg_server_and_stack[1]
 
 
 def test_a_bias_dark_run_is_certified_in_a_postgresql_registry(
@@ -93,4 +102,41 @@ def test_a_bias_dark_run_is_certified_in_a_postgresql_registry(
         refs = butler.query_datasets("bias", collections="LATISS/calib/pg", find_first=False, explain=False)
         assert len(refs) == 1  # only the first run's bias is certified there
     for name, port in pg_stack.http_ports.items():
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200, name
+
+
+def test_a_run_survives_its_registry_restarting(
+    pg_server_and_stack: tuple[PostgresServer, Settings], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The registry's pod restarts during a run (down 2 s): the services reconnect (daf_butler's
+    pool pings before use) or retry, the run SUCCEEDS, and every service is ready again."""
+    server, settings = pg_server_and_stack
+    config = write_config(
+        tmp_path_factory.mktemp("pg-restart"),
+        script_mode="BIAS_DARK",
+        n_bias=8,
+        n_dark=6,
+        wait_between_exposures=0.5,  # about 7 s of taking frames, which the restart falls into
+        calib_collection="LATISS/calib/pg-restart",
+        certify_calib_begin_date="2029-01-01",
+        certify_calib_end_date="2029-12-31",
+    )
+    outage: list[float] = []
+
+    def restart_registry() -> None:
+        outage.append(time.monotonic())
+        server.restart(down_for=2.0)
+        outage.append(time.monotonic())
+
+    restart = threading.Timer(3.0, restart_registry)
+    restart.start()
+    try:
+        _, view = run(settings, config, expect=0)
+        finished = time.monotonic()
+    finally:
+        restart.join()
+    assert len(outage) == 2 and outage[1] < finished  # the registry was down and back during the run
+    for calib_type in ("bias", "dark"):
+        assert view["types"][calib_type]["certification"]["certified"] is True
+    for name, port in settings.http_ports.items():
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200, name
