@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,15 @@ def stack_settings(home: Path) -> Settings:
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that points the CLI at ``settings``."""
     return {**os.environ, **settings.environment()}
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL server of the module's own (`tests.postgres`), stopped by pid afterwards."""
+    from tests.postgres import postgres_server
+
+    with postgres_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -107,9 +107,9 @@ class PostgresServer:
         time.sleep(down_for)
         self.start()
 
-    def url(self, database: str, user: str | None = None) -> str:
-        """A SQLAlchemy URL (no password: it comes from PGPASSWORD or daf_butler's DbAuth)."""
-        who = f"{user}@" if user else ""
+    def url(self, database: str, user: str | None = None, password: str | None = None) -> str:
+        """A SQLAlchemy (and libpq) URL; without ``password`` it comes from PGPASSWORD or DbAuth."""
+        who = f"{user}:{password}@" if user and password else f"{user}@" if user else ""
         return f"postgresql://{who}127.0.0.1:{self.port}/{database}"
 
     def sql(self, statements: Sequence[str], *, database: str = "postgres") -> None:

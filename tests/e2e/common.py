@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+import httpx
+
 from cpflow.kafka_local import LocalKafka
 from cpflow.topics_reader import read_events
 from shared.kafka_access import KafkaConnection, connection_for
@@ -15,7 +17,7 @@ from shared.settings import Settings
 from shared.topics import Topics
 from tests.conftest import settings_env
 
-__all__ = ["admin", "cpflow", "events_of", "operator", "wait_until"]
+__all__ = ["admin", "assert_every_service_ready", "cpflow", "events_of", "operator", "wait_until"]
 
 
 def admin(settings: Settings) -> KafkaConnection:
@@ -41,6 +43,12 @@ def cpflow(settings: Settings, *args: str, timeout: float = 600) -> subprocess.C
 def events_of(settings: Settings, run_id: str | None = None, topics: list[str] | None = None) -> list[dict]:
     t = Topics(settings.topic_prefix)
     return asyncio.run(read_events(admin(settings), topics or t.run_topics(), run_id=run_id))
+
+
+def assert_every_service_ready(settings: Settings) -> None:
+    """Every service's ``/readyz`` answers 200 (the assertion names the one that does not)."""
+    for name, port in settings.http_ports.items():
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200, name
 
 
 def wait_until(predicate: Any, timeout: float = 120.0, interval: float = 1.0) -> Any:

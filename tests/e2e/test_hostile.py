@@ -32,7 +32,7 @@ from shared.kafka_access import KafkaConnection
 from shared.settings import Settings
 from shared.topics import Topics
 from tests.conftest import settings_env
-from tests.e2e.common import admin, cpflow, events_of, wait_until
+from tests.e2e.common import admin, assert_every_service_ready, cpflow, events_of, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -123,8 +123,7 @@ def test_large_messages_on_every_consumed_topic_stop_nothing(stack: Settings, co
             assert Path(letter["payload_ref"]).stat().st_size == letter["payload_size"]
     # Nothing of it touched a run, and every service still answers and works.
     assert events_of(stack, "big", [topics.run_status]) == []
-    for name, port in stack.http_ports.items():
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200, name
+    assert_every_service_ready(stack)
     _run_id, view = submit(stack, config_file(configs, calib_collection="LATISS/calib/hostile/big"))
     assert view["state"] == "SUCCEEDED"
 

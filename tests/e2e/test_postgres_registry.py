@@ -15,13 +15,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 
 from shared.butler.repo import open_butler
 from shared.settings import Settings
 from tests.conftest import stack_settings
+from tests.e2e.common import assert_every_service_ready
 from tests.e2e.test_run_modes import certified, run, write_config
 from tests.postgres import PostgresServer, postgres_server
 
@@ -53,14 +53,10 @@ def pg_server_and_stack(
                 os.environ["PGPASSWORD"] = previous
 
 
-@pytest.fixture(scope="module")
-def pg_stack(pg_server_and_stack: tuple[PostgresServer, Settings]) -> Settings:
-    return pg_server_and_stack[1]
-
-
 def test_a_bias_dark_run_is_certified_in_a_postgresql_registry(
-    pg_stack: Settings, tmp_path_factory: pytest.TempPathFactory
+    pg_server_and_stack: tuple[PostgresServer, Settings], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    server, pg_stack = pg_server_and_stack
     configs = tmp_path_factory.mktemp("pg-configs")
     config = write_config(
         configs,
@@ -78,7 +74,7 @@ def test_a_bias_dark_run_is_certified_in_a_postgresql_registry(
     assert not (Path(pg_stack.butler_repo) / "gen3.sqlite3").exists()
     assert pg_stack.registry_db is not None
     with (
-        psycopg.connect(pg_stack.registry_db.replace("cpflow@", "cpflow:" + PASSWORD + "@")) as db,
+        psycopg.connect(server.url("cpflow_registry", "cpflow", PASSWORD)) as db,
         db.cursor() as cursor,
     ):
         cursor.execute("SELECT name FROM collection WHERE name LIKE %s", (f"%{run_id}%",))
@@ -101,8 +97,7 @@ def test_a_bias_dark_run_is_certified_in_a_postgresql_registry(
     with open_butler(pg_stack.butler_repo, writeable=False) as butler:
         refs = butler.query_datasets("bias", collections="LATISS/calib/pg", find_first=False, explain=False)
         assert len(refs) == 1  # only the first run's bias is certified there
-    for name, port in pg_stack.http_ports.items():
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200, name
+    assert_every_service_ready(pg_stack)
 
 
 def test_a_run_survives_its_registry_restarting(
@@ -138,5 +133,4 @@ def test_a_run_survives_its_registry_restarting(
     assert len(outage) == 2 and outage[1] < finished  # the registry was down and back during the run
     for calib_type in ("bias", "dark"):
         assert view["types"][calib_type]["certification"]["certified"] is True
-    for name, port in settings.http_ports.items():
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200, name
+    assert_every_service_ready(settings)

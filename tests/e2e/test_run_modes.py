@@ -24,7 +24,7 @@ from shared.images import MaskPlane
 from shared.instruments import get_instrument
 from shared.settings import Settings
 from shared.topics import Topics
-from tests.e2e.common import cpflow, events_of, wait_until
+from tests.e2e.common import assert_every_service_ready, cpflow, events_of, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -398,8 +398,7 @@ def test_overlapping_validity_range_is_a_reported_failure(stack: Settings, confi
     cert = view["types"]["bias"]["certification"]
     assert cert["certified"] is False
     assert "overlap" in cert["reason"].lower()
-    for name, port in stack.http_ports.items():
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200, name
+    assert_every_service_ready(stack)
 
 
 def test_comcam_bias_dark_on_three_detectors(stack: Settings, configs: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,6 @@ from shared.butler import open_butler
 from tests.postgres import PostgresServer, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    with postgres_server() as running:
-        yield running
 
 
 def _run(args: list[str], home: Path, registry_db: str, password: str) -> subprocess.CompletedProcess[str]:
@@ -49,45 +42,47 @@ def _problem_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     ]
 
 
+def _registered(home: Path) -> tuple[set[str], str]:
+    """The instruments and the ``bias`` storage class of the repository in ``home`` (PGPASSWORD set)."""
+    with open_butler(home / "butler", writeable=False) as butler:
+        names = {r.name for r in butler.query_dimension_records("instrument", explain=False)}
+        return names, butler.get_dataset_type("bias").storageClass_name
+
+
 def test_a_registry_that_is_not_there_yet_leaves_nothing_and_a_later_start_creates_it(
-    server: PostgresServer, tmp_path: Path
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = tmp_path / "home"
-    url = server.url("late_registry", "late")
+    url = postgres.url("late_registry", "late")
     result = _run(["-m", "shared.butler.repo"], home, url, "late-secret")
     assert result.returncode == 6, result.stderr
     assert _problem_lines(result) == [
         f"cannot use the registry of the butler repository {home / 'butler'}: connection failed: "
-        f'connection to server at "127.0.0.1", port {server.port} failed: '
+        f'connection to server at "127.0.0.1", port {postgres.port} failed: '
         'FATAL:  password authentication failed for user "late"'
     ]
     assert not (home / "butler" / "butler.yaml").exists()  # no repository that only looks made
 
-    server.create_database("late_registry", "late", "late-secret")  # the registry comes up
+    postgres.create_database("late_registry", "late", "late-secret")  # the registry comes up
     result = _run(["-m", "shared.butler.repo"], home, url, "late-secret")
     assert result.returncode == 0, result.stderr
-    os.environ["PGPASSWORD"] = "late-secret"
-    try:
-        with open_butler(home / "butler", writeable=False) as butler:
-            names = {r.name for r in butler.query_dimension_records("instrument", explain=False)}
-    finally:
-        del os.environ["PGPASSWORD"]
-    assert names == {"LATISS", "LSSTComCam", "LSSTCam"}
+    monkeypatch.setenv("PGPASSWORD", "late-secret")
+    assert _registered(home)[0] == {"LATISS", "LSSTComCam", "LSSTCam"}
 
 
 @pytest.mark.parametrize("problem", ["wrong password", "no btree_gist"])
 def test_an_unusable_registry_is_one_line_for_the_init_container_and_the_cli(
-    problem: str, server: PostgresServer, tmp_path: Path
+    problem: str, postgres: PostgresServer, tmp_path: Path
 ) -> None:
     database = "registry_" + problem.replace(" ", "_")
     if problem == "wrong password":
-        url, password = server.create_database(database, database, "right"), "wrong"
+        url, password = postgres.create_database(database, database, "right"), "wrong"
         expected = f'password authentication failed for user "{database}"'
     else:
-        server.sql(
+        postgres.sql(
             [f"CREATE ROLE {database} LOGIN PASSWORD 'pw'", f"CREATE DATABASE {database} OWNER {database}"]
         )
-        url, password = server.url(database, database), "pw"
+        url, password = postgres.url(database, database), "pw"
         expected = "the database has no btree_gist extension (CREATE EXTENSION btree_gist; as its owner)"
     home = tmp_path / "home"
     result = _run(["-m", "shared.butler.repo"], home, url, password)
@@ -106,10 +101,12 @@ def test_an_unusable_registry_is_one_line_for_the_init_container_and_the_cli(
     )
 
 
-def test_init_containers_of_every_pod_at_once_all_start(server: PostgresServer, tmp_path: Path) -> None:
+def test_init_containers_of_every_pod_at_once_all_start(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Six pods' init containers on one new PostgreSQL registry: one creates it, the others wait for it
     (they see its butler.yaml before its tables; they used to fail on ``butler_attributes``)."""
-    url = server.create_database("shared_registry", "pods", "pods-secret")
+    url = postgres.create_database("shared_registry", "pods", "pods-secret")
     home = tmp_path / "home"
     env = {**os.environ, "CPFLOW_HOME": str(home), "CPFLOW_REGISTRY_DB": url, "PGPASSWORD": "pods-secret"}
     pods = [
@@ -125,24 +122,19 @@ def test_init_containers_of_every_pod_at_once_all_start(server: PostgresServer, 
     ]
     errors = [pod.communicate(timeout=300)[1] for pod in pods]
     assert [pod.returncode for pod in pods] == [0] * 6, [err[-500:] for err in errors]
-    os.environ["PGPASSWORD"] = "pods-secret"
-    try:
-        with open_butler(home / "butler", writeable=False) as butler:
-            names = {r.name for r in butler.query_dimension_records("instrument", explain=False)}
-            assert butler.get_dataset_type("bias").storageClass_name
-    finally:
-        del os.environ["PGPASSWORD"]
-    assert names == {"LATISS", "LSSTComCam", "LSSTCam"}
+    monkeypatch.setenv("PGPASSWORD", "pods-secret")
+    names, bias_storage_class = _registered(home)
+    assert names == {"LATISS", "LSSTComCam", "LSSTCam"} and bias_storage_class
 
 
-def test_postgresqls_passing_errors_are_retried_and_its_others_are_not(server: PostgresServer) -> None:
+def test_postgresqls_passing_errors_are_retried_and_its_others_are_not(postgres: PostgresServer) -> None:
     """`shared.retry.is_transient` on the errors a real PostgreSQL server and psycopg 3 raise."""
     import sqlalchemy
 
     from shared.retry import is_transient
 
-    server.create_database("retries", "retrier", "retrier-secret")
-    engine = sqlalchemy.create_engine(server.url("retries", "retrier").replace("@", ":retrier-secret@"))
+    postgres.create_database("retries", "retrier", "retrier-secret")
+    engine = sqlalchemy.create_engine(postgres.url("retries", "retrier", "retrier-secret"))
     try:
         with engine.begin() as connection:
             connection.execute(sqlalchemy.text("CREATE TABLE counter (id int PRIMARY KEY, n int)"))
@@ -172,7 +164,7 @@ def test_postgresqls_passing_errors_are_retried_and_its_others_are_not(server: P
 
     # A server that went away (its pod restarting): refused connections are transient.
     with postgres_server() as gone:
-        url = gone.url("postgres", "cpflow_test_admin").replace("@", f":{gone.admin_password}@")
+        url = gone.url("postgres", "cpflow_test_admin", gone.admin_password)
     engine = sqlalchemy.create_engine(url)
     try:
         with pytest.raises(sqlalchemy.exc.OperationalError) as refused, engine.connect():

@@ -9,7 +9,6 @@ cpflow's own (``cpflow_registry``, its password in ``PGPASSWORD`` as in the Depl
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from shared.butler.raws import load_raw, use_raw_repository
 from shared.rawformat import read_raw
 from shared.runconfig import validate_run_configuration
 from tests.embargo import embargo_repository, oods_ingest
-from tests.postgres import PostgresServer, postgres_server
+from tests.postgres import PostgresServer
 from tests.unit.test_listed_frames import LATISS, _acquire, _frame
 
 OODS_PASSWORD = "oods-secret"
@@ -29,15 +28,9 @@ READER_PASSWORD = "reader-secret"
 CPFLOW_PASSWORD = "cpflow-secret"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    with postgres_server() as running:
-        yield running
-
-
-def _row_counts(server: PostgresServer, database: str) -> dict[str, int]:
+def _row_counts(postgres: PostgresServer, database: str) -> dict[str, int]:
     connection = psycopg.connect(
-        host="127.0.0.1", port=server.port, dbname=database, user="oods", password=OODS_PASSWORD
+        host="127.0.0.1", port=postgres.port, dbname=database, user="oods", password=OODS_PASSWORD
     )
     try:
         with connection.cursor() as cursor:
@@ -53,33 +46,33 @@ def _row_counts(server: PostgresServer, database: str) -> dict[str, int]:
 
 
 def test_a_run_reads_a_postgresql_summit_repository_with_read_only_credentials(
-    server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     frames = [_frame(tmp_path / "camera", seq, "BIAS") for seq in (169, 170)]
     # The summit: the OODS's role owns the registry and ingests (libpq's PGUSER / PGPASSWORD).
-    server.create_database("embargo", "oods", OODS_PASSWORD)
+    postgres.create_database("embargo", "oods", OODS_PASSWORD)
     monkeypatch.setenv("PGUSER", "oods")
     monkeypatch.setenv("PGPASSWORD", OODS_PASSWORD)
     summit = tmp_path / "summit"
-    oods_ingest(embargo_repository(summit / "LATISS", registry_db=server.url("embargo")), frames)
-    server.sql([f"CREATE ROLE summit_reader LOGIN PASSWORD '{READER_PASSWORD}'"])
-    server.sql(
+    oods_ingest(embargo_repository(summit / "LATISS", registry_db=postgres.url("embargo")), frames)
+    postgres.sql([f"CREATE ROLE summit_reader LOGIN PASSWORD '{READER_PASSWORD}'"])
+    postgres.sql(
         [
             "GRANT USAGE ON SCHEMA public TO summit_reader",
             "GRANT SELECT ON ALL TABLES IN SCHEMA public TO summit_reader",
         ],
         database="embargo",
     )
-    before = _row_counts(server, "embargo")
+    before = _row_counts(postgres, "embargo")
 
     # cpflow: its own registry with PGPASSWORD; the summit's only through DbAuth (no PGUSER, so
     # without the DbAuth entry libpq would log in as the process's user and fail).
     monkeypatch.delenv("PGUSER")
     monkeypatch.setenv("PGPASSWORD", CPFLOW_PASSWORD)
-    credentials = [{"url": server.url("embargo"), "username": "summit_reader", "password": READER_PASSWORD}]
+    credentials = [{"url": postgres.url("embargo"), "username": "summit_reader", "password": READER_PASSWORD}]
     monkeypatch.setenv("LSST_DB_AUTH_CREDENTIALS", json.dumps(credentials))
     repo = create_repository(
-        tmp_path / "repo", registry_db=server.create_database("cpflow_registry", "cpflow", CPFLOW_PASSWORD)
+        tmp_path / "repo", registry_db=postgres.create_database("cpflow_registry", "cpflow", CPFLOW_PASSWORD)
     )
     use_raw_repository(str(summit / "{instrument}"))
     try:
@@ -114,11 +107,11 @@ def test_a_run_reads_a_postgresql_summit_repository_with_read_only_credentials(
 
     # cpflow's role there can only read (so the run above wrote nothing), and nothing changed.
     reader = psycopg.connect(
-        host="127.0.0.1", port=server.port, dbname="embargo", user="summit_reader", password=READER_PASSWORD
+        host="127.0.0.1", port=postgres.port, dbname="embargo", user="summit_reader", password=READER_PASSWORD
     )
     try:
         with pytest.raises(psycopg.errors.InsufficientPrivilege), reader.cursor() as cursor:
             cursor.execute("DELETE FROM file_datastore_records")
     finally:
         reader.close()
-    assert _row_counts(server, "embargo") == before
+    assert _row_counts(postgres, "embargo") == before
